@@ -1,0 +1,75 @@
+"""Domain errors. Each carries the offending value in its message and the HTTP status the API maps
+it to (one exception handler in `modules.api.api` does the mapping; nothing else catches them)."""
+from __future__ import annotations
+
+
+class SerenaError(Exception):
+    """Base of every error Serena raises on purpose."""
+
+    status_code: int = 500
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidParameter(SerenaError, ValueError):
+    """A request value is outside what Serena accepts; `field` names it."""
+
+    status_code = 422
+
+
+class UnknownSampler(InvalidParameter):
+    pass
+
+
+class UnknownScheduler(InvalidParameter):
+    pass
+
+
+class InvalidImage(InvalidParameter):
+    pass
+
+
+class UnknownOption(SerenaError, KeyError):
+    status_code = 422
+
+    def __init__(self, key: str):
+        super().__init__(f"unknown option {key!r}", field=key)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class FrozenSettings(SerenaError):
+    status_code = 403
+
+    def __init__(self, key: str):
+        super().__init__(f"settings are frozen (--freeze-settings): cannot change {key!r}", field=key)
+
+
+class ConfigError(SerenaError):
+    pass
+
+
+class CheckpointNotFound(SerenaError):
+    status_code = 404
+
+
+class CheckpointLoadError(SerenaError):
+    """A checkpoint file exists but cannot be loaded (corrupt, truncated, wrong keys, pickled code)."""
+
+    status_code = 422
+
+
+class UnsupportedModel(CheckpointLoadError):
+    """A recognised architecture Serena does not load yet (SD2.x, SDXL)."""
+
+
+class NotFound(SerenaError):
+    status_code = 404
+
+
+class Interrupted(SerenaError):
+    status_code = 409

@@ -1,0 +1,1 @@
+"""Runtime boundary: the one execution surface every generation goes through."""

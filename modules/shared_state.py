@@ -1,0 +1,97 @@
+"""Progress and cancellation of the running job, with A1111's `shared.state` fields.
+
+The sampler loop reports through :meth:`State.sampling_callback` and checks
+:attr:`State.interrupted` / :attr:`State.skipped` between steps. The API reads :meth:`State.dict`
+from other threads; every write here is a plain attribute store, so readers never block.
+"""
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from typing import Any
+
+
+class State:
+    """The running job's progress. One instance lives behind `shared.state`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server_start = time.time()
+        self.reset()
+
+    def reset(self) -> None:
+        self.skipped = False
+        self.interrupted = False
+        self.stopping_generation = False
+        self.job = ""
+        self.job_no = 0
+        self.job_count = 0
+        self.processing_has_refined_job_count = False
+        self.job_timestamp = "0"
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.current_latent = None
+        self.current_image = None
+        self.current_image_sampling_step = 0
+        self.id_live_preview = 0
+        self.textinfo: str | None = None
+        self.time_start: float | None = None
+        self.task_id: str | None = None
+
+    # --- control -----------------------------------------------------------------------------
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def skip(self) -> None:
+        self.skipped = True
+
+    def stop_generating(self) -> None:
+        self.stopping_generation = True
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def begin(self, job: str = "(unknown)", task_id: str | None = None) -> None:
+        self.reset()
+        self.job = job
+        self.task_id = task_id
+        self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+        self.time_start = time.time()
+
+    def end(self) -> None:
+        self.job = ""
+        self.job_count = 0
+        self.task_id = None
+        self.current_latent = None
+        self.current_image = None
+
+    def nextjob(self) -> None:
+        self.job_no += 1
+        self.sampling_step = 0
+        self.current_image_sampling_step = 0
+
+    def sampling_callback(self, step: int, total: int) -> None:
+        """Record that sampling step `step` (0-based) of `total` finished."""
+        self.sampling_step = step + 1
+        self.sampling_steps = total
+
+    def progress(self) -> float:
+        """A1111's progress formula (spec §1.5)."""
+        if self.job_count <= 0:
+            return 0.0
+        value = 0.01 + self.job_no / self.job_count
+        if self.sampling_steps > 0:
+            value += (self.sampling_step / self.sampling_steps) / self.job_count
+        return min(value, 1.0)
+
+    def dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "stopping_generation": self.stopping_generation,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_timestamp": self.job_timestamp,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
