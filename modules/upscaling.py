@@ -1,0 +1,326 @@
+"""Upscalers: the built-in pixel upscalers, latent upscale modes, and the extras operation.
+
+A1111 ships "None", "Lanczos" and "Nearest" without any model; model upscalers (ESRGAN, …) are
+not installed in Serena yet, but :func:`register_upscaler` is where they would plug in. Names,
+the ``/sdapi/v1/upscalers`` shape, the ``// 8 * 8`` target rounding and the extras infotext are
+A1111's (spec §1.2, §1.7).
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from PIL import Image
+
+from modules import errors
+
+LANCZOS = Image.Resampling.LANCZOS
+NEAREST = Image.Resampling.NEAREST
+
+UpscaleStep = Callable[[Image.Image, float], Image.Image]
+"""One pass of an upscaler: ``(image, scale) -> image`` (may return the input unchanged)."""
+
+
+@dataclass(frozen=True)
+class UpscalerData:
+    """One entry of the upscaler list (A1111's ``shared.sd_upscalers`` item).
+
+    Attributes:
+        name: the display name used in requests (``hr_upscaler``, ``upscaler_1``, …).
+        step: one pass of the upscaler; see :data:`UpscaleStep`.
+        model_name, model_path, model_url: as ``/sdapi/v1/upscalers`` reports them.
+        scale: the model's native factor (4 for the built-ins, as in A1111).
+    """
+
+    name: str
+    step: UpscaleStep
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float = 4
+
+    def api_dict(self) -> dict[str, Any]:
+        """The ``/sdapi/v1/upscalers`` item."""
+        return {"name": self.name, "model_name": self.model_name, "model_path": self.model_path,
+                "model_url": self.model_url, "scale": self.scale}
+
+    def upscale(self, img: Image.Image, scale: float) -> Image.Image:
+        """Scale ``img`` by ``scale`` to a size rounded down to a multiple of 8 (A1111's Upscaler.upscale).
+
+        The step runs up to three times while the image is still below the target, then a
+        Lanczos resize lands exactly on the target.
+        """
+        from modules import shared
+        dest_w = int((img.width * scale) // 8 * 8)
+        dest_h = int((img.height * scale) // 8 * 8)
+        if dest_w <= 0 or dest_h <= 0:
+            raise errors.InvalidParameter(
+                f"upscaling {img.width}x{img.height} by {scale} gives an empty image ({dest_w}x{dest_h})",
+                field="scale")
+        for _ in range(3):
+            if img.width >= dest_w and img.height >= dest_h and scale != 1:
+                break
+            if getattr(shared.state, "interrupted", False):
+                break
+            shape = img.size
+            img = self.step(img, scale)
+            if img.size == shape:
+                break
+        if img.size != (dest_w, dest_h):
+            img = img.resize((dest_w, dest_h), resample=LANCZOS)
+        return img
+
+
+def _step_none(img: Image.Image, scale: float) -> Image.Image:
+    return img
+
+
+def _step_lanczos(img: Image.Image, scale: float) -> Image.Image:
+    return img.resize((int(img.width * scale), int(img.height * scale)), resample=LANCZOS)
+
+
+def _step_nearest(img: Image.Image, scale: float) -> Image.Image:
+    return img.resize((int(img.width * scale), int(img.height * scale)), resample=NEAREST)
+
+
+sd_upscalers: list[UpscalerData] = [
+    UpscalerData("None", _step_none),
+    UpscalerData("Lanczos", _step_lanczos),
+    UpscalerData("Nearest", _step_nearest),
+]
+"""Every upscaler, in ``/sdapi/v1/upscalers`` order: the built-ins, then models by name."""
+
+
+def register_upscaler(data: UpscalerData) -> None:
+    """Add (or replace, by name) a model upscaler; built-ins stay first, the rest sorted by name.
+
+    Raises:
+        errors.InvalidParameter: the name is a built-in's.
+    """
+    if data.name in ("None", "Lanczos", "Nearest"):
+        raise errors.InvalidParameter(f"upscaler name {data.name!r} is reserved for a built-in", field="name")
+    models = [u for u in sd_upscalers[3:] if u.name != data.name] + [data]
+    sd_upscalers[3:] = sorted(models, key=lambda u: u.name.lower())
+
+
+def list_upscalers() -> list[dict[str, Any]]:
+    """The ``/sdapi/v1/upscalers`` response."""
+    return [u.api_dict() for u in sd_upscalers]
+
+
+def find_upscaler(name: str) -> UpscalerData:
+    """The upscaler called ``name`` (exact match, as A1111 matches).
+
+    Raises:
+        errors.InvalidParameter: unknown name; the message lists the valid ones.
+    """
+    for upscaler in sd_upscalers:
+        if upscaler.name == name:
+            return upscaler
+    valid = ", ".join(u.name for u in sd_upscalers)
+    raise errors.InvalidParameter(f"unknown upscaler {name!r}; valid upscalers: {valid}", field="upscaler")
+
+
+def upscale_image(image: Image.Image, name: str | None, scale: float | None = None,
+                  size: tuple[int, int] | None = None) -> Image.Image:
+    """Upscale with the named upscaler, by a factor or to an exact size.
+
+    Args:
+        image: the image.
+        name: an upscaler name; None or ``"None"`` with ``size`` means a plain Lanczos resize.
+        scale: factor; the result is rounded down to multiples of 8 as in A1111's extras.
+        size: ``(width, height)``; when it enlarges the image the upscaler runs first, then a
+            Lanczos resize lands exactly on the size (A1111's img2img / hires fix behaviour).
+
+    Raises:
+        errors.InvalidParameter: not exactly one of ``scale`` / ``size``, a non-positive value, or
+            an unknown upscaler.
+    """
+    if (scale is None) == (size is None):
+        raise errors.InvalidParameter(
+            f"upscale_image needs exactly one of scale or size, got scale={scale!r} size={size!r}", field="scale")
+    if scale is not None:
+        if scale <= 0:
+            raise errors.InvalidParameter(f"upscale scale must be > 0, got {scale!r}", field="scale")
+        return find_upscaler(name if name is not None else "None").upscale(image, scale)
+    width, height = size  # type: ignore[misc]
+    if width <= 0 or height <= 0:
+        raise errors.InvalidParameter(f"upscale size must be positive, got {width}x{height}", field="size")
+    if name is None or name == "None" or image.mode == "L":
+        return image.resize((width, height), resample=LANCZOS)
+    upscaler = find_upscaler(name)
+    factor = max(width / image.width, height / image.height)
+    if factor > 1.0:
+        image = upscaler.upscale(image, factor)
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=LANCZOS)
+    return image
+
+
+# --- latent space -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LatentUpscaleMode:
+    """How a ``Latent*`` hires upscaler resizes: a ``torch.nn.functional.interpolate`` mode."""
+
+    mode: str
+    antialias: bool
+
+    def __getitem__(self, key: str) -> Any:
+        """A1111 code reads these as ``latent_upscale_modes[name]["mode"]``."""
+        return getattr(self, key)
+
+
+latent_upscale_default_mode = "Latent"
+latent_upscale_modes: dict[str, LatentUpscaleMode] = {
+    "Latent": LatentUpscaleMode("bilinear", False),
+    "Latent (antialiased)": LatentUpscaleMode("bilinear", True),
+    "Latent (bicubic)": LatentUpscaleMode("bicubic", False),
+    "Latent (bicubic antialiased)": LatentUpscaleMode("bicubic", True),
+    "Latent (nearest)": LatentUpscaleMode("nearest", False),
+    "Latent (nearest-exact)": LatentUpscaleMode("nearest-exact", False),
+}
+
+
+def list_latent_upscale_modes() -> list[dict[str, str]]:
+    """The ``/sdapi/v1/latent-upscale-modes`` response."""
+    return [{"name": name} for name in latent_upscale_modes]
+
+
+def find_latent_upscale_mode(mode_name: str) -> LatentUpscaleMode:
+    """The mode called ``mode_name``.
+
+    Raises:
+        errors.InvalidParameter: unknown name; the message lists the valid ones.
+    """
+    if mode_name not in latent_upscale_modes:
+        valid = ", ".join(latent_upscale_modes)
+        raise errors.InvalidParameter(f"unknown latent upscale mode {mode_name!r}; valid modes: {valid}",
+                                      field="hr_upscaler")
+    return latent_upscale_modes[mode_name]
+
+
+def upscale_latent(latent: Any, mode_name: str, height: int, width: int) -> Any:
+    """Resize a latent batch ``[B, C, h, w]`` to ``[B, C, height, width]``.
+
+    ``height`` and ``width`` are in latent cells (pixels // 8), as A1111's hires fix passes them.
+
+    Raises:
+        errors.InvalidParameter: unknown mode, non-positive size, or a latent that is not 4-D.
+    """
+    import torch
+    mode = find_latent_upscale_mode(mode_name)
+    if height <= 0 or width <= 0:
+        raise errors.InvalidParameter(f"latent upscale size must be positive, got {height}x{width}", field="size")
+    if latent.dim() != 4:
+        raise errors.InvalidParameter(f"latent must be [B, C, H, W], got shape {tuple(latent.shape)}", field="latent")
+    return torch.nn.functional.interpolate(latent, size=(height, width), mode=mode.mode, antialias=mode.antialias)
+
+
+# --- extras ----------------------------------------------------------------------------------------
+def limit_size_by_one_dimension(w: float, h: float, limit: int) -> tuple[int, int]:
+    """Shrink ``w``×``h`` so its longer side is at most ``limit``, keeping the aspect ratio."""
+    if h > w and h > limit:
+        w, h = limit * w // h, limit
+    elif w > limit:
+        w, h = limit, limit * h // w
+    return int(w), int(h)
+
+
+def _upscale_for_extras(image: Image.Image, info: dict[str, Any], upscaler: UpscalerData, mode: int,
+                        upscale_by: float, max_side_length: int, to_w: int, to_h: int,
+                        crop: bool) -> Image.Image:
+    """One extras upscale pass (A1111's postprocessing Upscale script), recording its info keys."""
+    if mode == 1:
+        upscale_by = max(to_w / image.width, to_h / image.height)
+        info["Postprocess upscale to"] = f"{to_w}x{to_h}"
+    else:
+        info["Postprocess upscale by"] = upscale_by
+        if max_side_length != 0 and max(image.size) * upscale_by > max_side_length:
+            mode, crop = 1, False
+            to_w, to_h = limit_size_by_one_dimension(image.width * upscale_by, image.height * upscale_by,
+                                                     max_side_length)
+            upscale_by = max(to_w / image.width, to_h / image.height)
+            info["Max side length"] = max_side_length
+    image = upscaler.upscale(image, upscale_by)
+    if mode == 1 and crop:
+        cropped = Image.new("RGB", (to_w, to_h))
+        cropped.paste(image, box=(to_w // 2 - image.width // 2, to_h // 2 - image.height // 2))
+        image = cropped
+        info["Postprocess crop to"] = f"{image.width}x{image.height}"
+    return image
+
+
+def _check_extras_request(resize_mode: int, upscaling_resize: float, upscaling_resize_w: int,
+                          upscaling_resize_h: int, gfpgan_visibility: float, codeformer_visibility: float) -> None:
+    if resize_mode not in (0, 1):
+        raise errors.InvalidParameter(f"resize_mode must be 0 (scale by) or 1 (scale to), got {resize_mode!r}",
+                                      field="resize_mode")
+    if resize_mode == 0 and upscaling_resize <= 0:
+        raise errors.InvalidParameter(f"upscaling_resize must be > 0, got {upscaling_resize!r}",
+                                      field="upscaling_resize")
+    if resize_mode == 1 and (upscaling_resize_w <= 0 or upscaling_resize_h <= 0):
+        raise errors.InvalidParameter(
+            f"upscaling_resize_w/h must be > 0, got {upscaling_resize_w}x{upscaling_resize_h}",
+            field="upscaling_resize_w")
+    if gfpgan_visibility:
+        raise errors.NotFound(f"face restoration model 'GFPGAN' is not installed "
+                              f"(gfpgan_visibility={gfpgan_visibility}); set it to 0", field="gfpgan_visibility")
+    if codeformer_visibility:
+        raise errors.NotFound(f"face restoration model 'CodeFormer' is not installed "
+                              f"(codeformer_visibility={codeformer_visibility}); set it to 0",
+                              field="codeformer_visibility")
+
+
+def extras_infotext(info: dict[str, Any]) -> str:
+    """The extras parameter line (same entry rules as the generation infotext)."""
+    from modules import infotext_utils
+    return infotext_utils.build_parameters_line(info)
+
+
+def plaintext_to_html(text: str) -> str:
+    """A1111's ``plaintext_to_html``: escaped lines joined by ``<br>`` inside one ``<p>``."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
+
+
+def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float = 2.0,
+               upscaling_resize_w: int = 512, upscaling_resize_h: int = 512, upscaling_crop: bool = True,
+               upscaler_1: str | None = "None", upscaler_2: str | None = "None",
+               extras_upscaler_2_visibility: float = 0.0, upscale_first: bool = False,
+               gfpgan_visibility: float = 0.0, codeformer_visibility: float = 0.0,
+               codeformer_weight: float = 0.0, max_side_length: int = 0) -> tuple[Image.Image, str]:
+    """The extras operation behind ``/sdapi/v1/extra-single-image`` (spec §1.7).
+
+    The image is converted to RGB and upscaled by ``upscaler_1`` (nothing happens when it is
+    "None"); with ``upscaler_2`` and a visibility above 0 a second upscale is blended in.
+    ``upscale_first`` and ``codeformer_weight`` are accepted for the API shape; they only matter
+    with face restorers, which are not installed.
+
+    Returns:
+        ``(image, html_info)``, e.g. ``<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>``.
+
+    Raises:
+        errors.InvalidParameter: bad mode or size, unknown upscaler name.
+        errors.NotFound: a face restorer was asked for (``gfpgan_visibility`` /
+            ``codeformer_visibility`` non-zero): neither GFPGAN nor CodeFormer is installed.
+    """
+    _check_extras_request(resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h,
+                          gfpgan_visibility, codeformer_visibility)
+    first = None if upscaler_1 in (None, "None") else find_upscaler(upscaler_1)
+    second = None if upscaler_2 in (None, "None") else find_upscaler(upscaler_2)
+    image = image.convert("RGB")
+    info: dict[str, Any] = {}
+    if first is not None:
+        args = (resize_mode, upscaling_resize, max_side_length, upscaling_resize_w, upscaling_resize_h, upscaling_crop)
+        upscaled = _upscale_for_extras(image, info, first, *args)
+        info["Postprocess upscaler"] = first.name
+        if second is not None and extras_upscaler_2_visibility > 0:
+            other = _upscale_for_extras(image, info, second, *args)
+            if other.mode != upscaled.mode:
+                other = other.convert(upscaled.mode)
+            if other.size != upscaled.size:
+                other = other.resize(upscaled.size, resample=LANCZOS)
+            upscaled = Image.blend(upscaled, other, extras_upscaler_2_visibility)
+            info["Postprocess upscaler 2"] = second.name
+        image = upscaled
+    return image, plaintext_to_html(extras_infotext(info))
