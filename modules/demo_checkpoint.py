@@ -1,0 +1,160 @@
+"""A tiny SD1-architecture checkpoint with random weights, for tests, demos and CI.
+
+It has the real A1111/LDM key layout (`model.diffusion_model.*`, `first_stage_model.*`,
+`cond_stage_model.transformer.text_model.*`, the DDPM schedule buffers, position ids), so it
+goes through exactly the loading code a real SD1.5 file does. Its sizes are small enough that a
+512×512, 20-step image takes seconds on two CPU cores: UNet levels of 32 and 64 channels (cross
+attention on the second), a 4-level VAE (latent factor 8, like SD), and a 3-layer CLIP text
+model of width 64 with the real 49408-token vocabulary and 77 positions.
+
+The file is a pure function of this module: every tensor is drawn from a generator seeded by its
+own name, and safetensors writes tensors in a fixed order, so each run writes the same bytes.
+The weights are random: the images it makes are patterns, not pictures.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+
+import torch
+
+from modules import sd_models_config, sd_models_convert
+from modules.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+FILENAME = "serena-demo-tiny.safetensors"
+SEED = 20240229
+
+UNET_CONFIG: dict = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "cross_attention_dim": 64,
+    "attention_head_dim": sd_models_config.SD1_HEADS,
+    "norm_num_groups": sd_models_config.NORM_GROUPS,
+    "use_linear_projection": False,
+    "transformer_layers_per_block": 1,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+}
+VAE_CONFIG: dict = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (32, 32, 64, 64),
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": sd_models_config.NORM_GROUPS,
+    "sample_size": 512,
+    "scaling_factor": sd_models_config.SCALE_FACTOR,
+    "mid_block_add_attention": True,
+}
+CLIP_CONFIG: dict = {
+    "vocab_size": 49408,
+    "hidden_size": 64,
+    "intermediate_size": 256,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 1,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "projection_dim": 64,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 1,
+}
+
+
+def _generator(name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(SEED ^ zlib.crc32(name.encode("utf8")))
+
+
+def _init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
+    """A deterministic initial value for one parameter, from its name and shape alone."""
+    is_norm = len(shape) == 1 and "norm" in name
+    if is_norm:
+        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+    if name.endswith("bias") or len(shape) == 1:
+        return torch.randn(shape, generator=_generator(name)) * 0.02
+    if "token_embedding" in name:
+        return torch.randn(shape, generator=_generator(name)) * 0.02
+    if "position_embedding" in name:
+        return torch.randn(shape, generator=_generator(name)) * 0.01
+    fan_in = 1
+    for size in shape[1:]:
+        fan_in *= int(size)
+    return torch.randn(shape, generator=_generator(name)) * (1.0 / fan_in) ** 0.5
+
+
+def _random_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: _init_tensor(k, v.shape) for k, v in module.state_dict().items()}
+
+
+def _schedule_buffers() -> dict[str, torch.Tensor]:
+    """The DDPM buffers LDM checkpoints carry (SD1 scaled-linear schedule, 1000 steps, float32)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - prev) / (1.0 - alphas_cumprod)
+    buffers = {
+        "betas": betas,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
+        "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
+        "posterior_variance": posterior_variance,
+        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod),
+    }
+    return {k: v.to(torch.float32) for k, v in buffers.items()}
+
+
+def build_demo_state_dict(dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The demo checkpoint's tensors in the A1111/LDM key layout (weights in `dtype`)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        clip = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG))
+    state: dict[str, torch.Tensor] = {}
+    state.update(sd_models_convert.part_to_ldm(_random_state(unet), sd_models_config.UNET_PREFIX,
+                                               sd_models_convert.unet_table(UNET_CONFIG)))
+    state.update(sd_models_convert.part_to_ldm(_random_state(vae), sd_models_config.VAE_PREFIX,
+                                               sd_models_convert.vae_table(VAE_CONFIG)))
+    clip_prefix = sd_models_config.CLIP_PREFIXES[0]
+    state.update({clip_prefix + k: v for k, v in _random_state(clip).items()})
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    state[clip_prefix + "embeddings.position_ids"] = torch.arange(CLIP_CONFIG["max_position_embeddings"])[None]
+    state.update(_schedule_buffers())
+    return state
+
+
+def demo_checkpoint_bytes() -> bytes:
+    """The demo file's bytes (a .safetensors image of `build_demo_state_dict()`)."""
+    import safetensors.torch
+    return safetensors.torch.save(build_demo_state_dict(), metadata={"format": "pt"})
+
+
+def ensure_demo_checkpoint(folder: str) -> str:
+    """Write `serena-demo-tiny.safetensors` into `folder` unless it is there; return its path."""
+    path = os.path.join(folder, FILENAME)
+    if os.path.isfile(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    atomic_write_bytes(path, demo_checkpoint_bytes())
+    log.warning("Wrote the demo checkpoint %s: its weights are RANDOM, so it makes patterns, not pictures. "
+                "Put a real SD1.x .safetensors file in %s to make images.", path, folder)
+    return path

@@ -1,0 +1,530 @@
+"""Checkpoints: the registry of files with A1111's titles, hashes and aliases, and loading one
+into diffusers / transformers parts.
+
+Registry (A1111 names kept — scripts and extensions import them): `checkpoints_list` maps each
+title ("sub/name.safetensors [0123456789]") to a `CheckpointInfo`; `checkpoint_aliases` maps every
+alias of spec §1.6 (title, relative name, model_name, stem, old 8-hex hash, short and full
+sha256, "name [hash]") to the same object. `list_models()` rebuilds both from the model folders.
+
+Loading reads the file safely (`safe_load`), infers every size from tensor shapes
+(`sd_models_config`), renames keys (`sd_models_convert`) and assigns the tensors into modules
+built on the meta device, so the weights are held once. Keys that do not fit are reported by
+name. The current model lives in `model_data.sd_model` (`shared.sd_model`).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import threading
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from modules import devices, errors, hashes, safe_load, sd_models_config, sd_models_convert
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt")
+TOKENIZER_SUBDIR = "clip-vit-large-patch14"
+_re_strip_checksum = re.compile(r"\s*\[[^]]+]\s*$")
+
+checkpoints_list: dict[str, "CheckpointInfo"] = {}
+checkpoint_aliases: dict[str, "CheckpointInfo"] = {}
+checkpoint_alisases = checkpoint_aliases  # A1111's misspelt name, kept for extensions
+checkpoints_loaded: "collections.OrderedDict[CheckpointInfo, Any]" = collections.OrderedDict()  # A1111 RAM cache; unused
+model_hash = hashes.model_hash  # A1111 name
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+def model_path() -> str:
+    """The main checkpoint folder, `<models>/Stable-diffusion`."""
+    from modules import shared
+    return shared.data_paths.sd_model_dir
+
+
+def _cmd_opt(name: str, default: Any = None) -> Any:
+    from modules import shared
+    return getattr(shared.cmd_opts, name, default)
+
+
+def _relative_name(filename: str) -> str:
+    """A1111's `name`: the path relative to --ckpt-dir or the model folder, else the base name."""
+    abspath = os.path.abspath(filename)
+    ckpt_dir = _cmd_opt("ckpt_dir")
+    for root in ([os.path.abspath(ckpt_dir)] if ckpt_dir else []) + [os.path.abspath(model_path())]:
+        if abspath.startswith(root + os.sep):
+            return abspath[len(root) + 1:]
+    return os.path.basename(filename)
+
+
+class CheckpointInfo:
+    """One checkpoint file and every name it can be called by.
+
+    Attributes follow A1111: `filename` (path), `name` (relative path), `name_for_extra` (stem),
+    `model_name` (name without extension, separators → "_"), `hash` (old 8-hex), `sha256`,
+    `shorthash` (10-hex), `title`, `short_title`, `ids` (every alias).
+    """
+
+    def __init__(self, filename: str, compute_hash: bool | None = None):
+        self.filename = filename
+        self.name = _relative_name(filename)
+        self.name_for_extra = os.path.splitext(os.path.basename(filename))[0]
+        self.model_name = os.path.splitext(self.name.replace("/", "_").replace("\\", "_"))[0]
+        self.is_safetensors = safe_load.is_safetensors(filename)
+        self.hash = hashes.model_hash(filename)
+        self.metadata: dict[str, Any] = {}
+        if self.is_safetensors:
+            try:
+                self.metadata = safe_load.read_safetensors_metadata(filename)
+            except errors.CheckpointLoadError:
+                pass  # a damaged file is still listed; loading it reports the damage
+        self.sha256 = hashes.sha256_from_cache(filename, self.hash_title)
+        if self.sha256 is None and (compute_hash if compute_hash is not None else not _cmd_opt("no_hashing", False)):
+            self.sha256 = hashes.sha256(filename, self.hash_title, no_hashing=False)
+        self._set_names()
+
+    @property
+    def hash_title(self) -> str:
+        """The key of this file in the hash cache."""
+        return f"checkpoint/{self.name}"
+
+    def _set_names(self) -> None:
+        self.shorthash = self.sha256[0:10] if self.sha256 else None
+        self.title = self.name if self.shorthash is None else f"{self.name} [{self.shorthash}]"
+        self.short_title = self.name_for_extra if self.shorthash is None else f"{self.name_for_extra} [{self.shorthash}]"
+        self.ids = [self.hash, self.model_name, self.title, self.name, self.name_for_extra, f"{self.name} [{self.hash}]"]
+        if self.shorthash:
+            self.ids += [self.shorthash, self.sha256, f"{self.name} [{self.shorthash}]",
+                         f"{self.name_for_extra} [{self.shorthash}]"]
+
+    def register(self) -> None:
+        """Add this file to `checkpoints_list` under its title and to `checkpoint_aliases` under every id."""
+        checkpoints_list[self.title] = self
+        for alias in self.ids:
+            checkpoint_aliases[alias] = self
+
+    def calculate_shorthash(self) -> str | None:
+        """Compute the sha256 now if it is unknown (None under --no-hashing); re-register on change."""
+        if self.sha256 is None:
+            self.sha256 = hashes.sha256(self.filename, self.hash_title)
+            if self.sha256 is None:
+                return None
+            old_title = self.title
+            self._set_names()
+            if checkpoints_list.get(old_title) is self:
+                rebuilt = {(self.title if t == old_title else t): v for t, v in checkpoints_list.items()}
+                checkpoints_list.clear()
+                checkpoints_list.update(rebuilt)
+                for alias in self.ids:
+                    checkpoint_aliases[alias] = self
+        return self.shorthash
+
+    def __repr__(self) -> str:
+        return f"CheckpointInfo({self.title!r}, filename={self.filename!r})"
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def find_checkpoint_files(folders: Iterable[str | None]) -> list[str]:
+    """Checkpoint files under `folders`, recursively, naturally sorted; `*.vae.*` and duplicates skipped."""
+    from modules import shared
+    hidden = bool(getattr(shared.opts, "list_hidden_files", True))
+    seen: set[str] = set()
+    found: list[str] = []
+    for folder in folders:
+        if not folder or not os.path.isdir(folder):
+            continue
+        for root, _dirs, files in sorted(os.walk(folder, followlinks=True), key=lambda w: _natural_key(w[0])):
+            for name in sorted(files, key=_natural_key):
+                path = os.path.join(root, name)
+                stem, ext = os.path.splitext(name)
+                if ext.lower() not in CHECKPOINT_EXTENSIONS or stem.lower().endswith(".vae"):
+                    continue
+                if not hidden and any(part.startswith(".") for part in os.path.relpath(path, folder).split(os.sep)):
+                    continue
+                real = os.path.realpath(path)
+                if real not in seen:
+                    seen.add(real)
+                    found.append(path)
+    return found
+
+
+def list_models() -> None:
+    """Rebuild the registry: `--ckpt` first (registered and selected), then the model folders."""
+    from modules import shared
+    checkpoints_list.clear()
+    checkpoint_aliases.clear()
+    cmd_ckpt = _cmd_opt("ckpt")
+    if cmd_ckpt and os.path.isfile(cmd_ckpt):
+        info = CheckpointInfo(cmd_ckpt)
+        info.register()
+        shared.opts.data["sd_model_checkpoint"] = info.title
+    elif cmd_ckpt:
+        log.warning("Checkpoint in --ckpt argument not found: %s", cmd_ckpt)
+    for filename in find_checkpoint_files([model_path(), _cmd_opt("ckpt_dir")]):
+        CheckpointInfo(filename).register()
+
+
+def checkpoint_tiles(use_short: bool = False) -> list[str]:
+    """Titles for the checkpoint dropdown (A1111 name)."""
+    return [info.short_title if use_short else info.title for info in checkpoints_list.values()]
+
+
+def get_closet_checkpoint_match(search_string: str | None) -> CheckpointInfo | None:
+    """A1111's lookup (name kept, sic): exact alias, else the shortest title containing the text,
+    else the same without a trailing "[hash]"."""
+    if not search_string:
+        return None
+    info = checkpoint_aliases.get(search_string)
+    if info is not None:
+        return info
+    for text in (search_string, _re_strip_checksum.sub("", search_string)):
+        found = sorted((i for i in checkpoints_list.values() if text and text in i.title), key=lambda i: len(i.title))
+        if found:
+            return found[0]
+    return None
+
+
+def get_checkpoint_info(alias: str) -> CheckpointInfo:
+    """The checkpoint an alias names (any form of spec §1.6).
+
+    Raises:
+        errors.CheckpointNotFound: nothing matches; the message lists the known titles.
+    """
+    if not checkpoints_list:
+        list_models()
+    info = get_closet_checkpoint_match(alias)
+    if info is None:
+        known = ", ".join(repr(t) for t in checkpoints_list) or "none (the model folder is empty)"
+        raise errors.CheckpointNotFound(f"checkpoint {alias!r} not found; known checkpoints: {known}", field="sd_model_checkpoint")
+    return info
+
+
+def select_checkpoint() -> CheckpointInfo:
+    """The checkpoint option `sd_model_checkpoint` names, else the first one listed.
+
+    Raises:
+        errors.CheckpointNotFound: no checkpoint exists at all.
+    """
+    from modules import shared
+    if not checkpoints_list:
+        list_models()
+    wanted = shared.opts.sd_model_checkpoint
+    info = checkpoint_aliases.get(wanted) if wanted else None
+    if info is not None:
+        return info
+    if not checkpoints_list:
+        folders = [f for f in (model_path(), _cmd_opt("ckpt_dir")) if f]
+        raise errors.CheckpointNotFound(
+            f"no checkpoint found in {folders}: put a .safetensors or .ckpt file there, or pass --ckpt")
+    info = next(iter(checkpoints_list.values()))
+    if wanted:
+        log.warning("Checkpoint %s not found; loading fallback %s", wanted, info.title)
+    return info
+
+
+# --- the loaded model -----------------------------------------------------------------------------
+
+def sd1_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """SD1's training noise schedule: "scaled linear" betas, cumulative product of 1 - beta (float32)."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+
+class StableDiffusionModel(torch.nn.Module):
+    """An SD1 checkpoint as diffusers/transformers parts, with the A1111 model surface samplers use."""
+
+    is_sd1 = True
+    is_sd2 = False
+    is_sdxl = False
+    is_sd3 = False
+    parameterization = "eps"
+    latent_channels = 4
+    cond_stage_key = "txt"
+
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, *,
+                 checkpoint_info: CheckpointInfo | None, config: sd_models_config.ModelConfig,
+                 alphas_cumprod: torch.Tensor, device: torch.device):
+        super().__init__()
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.__dict__["_tokenizer"] = None
+        self.__dict__["_cond_stage_model"] = None
+        self.sd_checkpoint_info = checkpoint_info
+        self.sd_model_checkpoint = checkpoint_info.filename if checkpoint_info else None
+        self.sd_model_hash = checkpoint_info.shorthash if checkpoint_info else None
+        self.config = config
+        self.is_inpainting = config.is_inpainting
+        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
+        self.home_device = device  # where the model runs; `unload_model_weights` may park it on the CPU
+        self.scale_factor = float(getattr(vae.config, "scaling_factor", sd_models_config.SCALE_FACTOR))
+
+    @property
+    def device(self) -> torch.device:
+        """The device the UNet's weights are on now."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the UNet and text encoder weights."""
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def dtype_vae(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @property
+    def tokenizer(self) -> Any:
+        """The CLIP tokenizer, loaded from `<models>/tokenizers/clip-vit-large-patch14` on first use."""
+        if self.__dict__["_tokenizer"] is None:
+            from modules import clip_tokenizer, shared
+            self.__dict__["_tokenizer"] = clip_tokenizer.load_tokenizer(
+                os.path.join(shared.data_paths.tokenizers_dir, TOKENIZER_SUBDIR))
+        return self.__dict__["_tokenizer"]
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.__dict__["_tokenizer"] = value
+        self.__dict__["_cond_stage_model"] = None
+
+    @property
+    def cond_stage_model(self) -> Any:
+        """`text_conditioner.ClipConditioner(tokenizer, text_encoder)`, built on first use."""
+        if self.__dict__["_cond_stage_model"] is None:
+            from modules import text_conditioner
+            self.__dict__["_cond_stage_model"] = text_conditioner.ClipConditioner(self.tokenizer, self.text_encoder)
+        return self.__dict__["_cond_stage_model"]
+
+    @property
+    def first_stage_model(self) -> torch.nn.Module:
+        return self.vae
+
+    @torch.no_grad()
+    def get_learned_conditioning(self, texts: list[str]) -> torch.Tensor:
+        """Text conditioning [B, 77·k, D] with the current Clip skip / emphasis / word-wrap options."""
+        from modules import shared
+        opts = shared.opts
+        return self.cond_stage_model(list(texts), clip_skip=int(opts.CLIP_stop_at_last_layers),
+                                     emphasis=opts.emphasis, comma_padding_backtrack=int(opts.comma_padding_backtrack))
+
+    @torch.no_grad()
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor,
+                    c_concat: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise (eps) for latents `x` at timesteps `t`; returned in `x`'s dtype.
+
+        `c_concat` (inpainting image conditioning) is concatenated on the channel axis.
+        """
+        if c_concat is not None:
+            x_in = torch.cat([x, c_concat.to(x.dtype)], dim=1)
+        else:
+            x_in = x
+        t = torch.as_tensor(t, device=self.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        out = self.unet(x_in.to(self.device, self.dtype), t.to(self.device, torch.float32),
+                        encoder_hidden_states=cond.to(self.device, self.dtype), return_dict=False)[0]
+        return out.to(x.dtype)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] → latents × scale_factor (posterior mean: deterministic)."""
+        posterior = self.vae.encode(x.to(self.device, self.dtype_vae)).latent_dist
+        return (posterior.mean * self.scale_factor).to(x.dtype)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (scaled) → images in about [-1, 1]."""
+        return self.vae.decode((z / self.scale_factor).to(self.device, self.dtype_vae)).sample.to(z.dtype)
+
+
+class ModelData:
+    """Holder of the current model (A1111's `sd_models.model_data`)."""
+
+    def __init__(self) -> None:
+        self.sd_model: StableDiffusionModel | None = None
+        self.loaded_sd_models: list[StableDiffusionModel] = []
+        self.was_loaded_at_least_once = False
+        self.lock = threading.RLock()
+
+    def get_sd_model(self) -> StableDiffusionModel:
+        """The current model, loading the selected checkpoint if none is loaded."""
+        with self.lock:
+            if self.sd_model is None:
+                load_model()
+            assert self.sd_model is not None
+            return self.sd_model
+
+    def set_sd_model(self, model: StableDiffusionModel | None) -> None:
+        self.sd_model = model
+        self.loaded_sd_models = [model] if model is not None else []
+        if model is not None:
+            self.was_loaded_at_least_once = True
+
+
+model_data = ModelData()
+
+
+def _build_part(name: str, factory: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor],
+                dtype: torch.dtype, device: torch.device, filename: str) -> torch.nn.Module:
+    """Build a module on the meta device and assign `state` into it; keys must match exactly."""
+    with torch.device("meta"):
+        module = factory()
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {sd_models_convert._names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {sd_models_convert._names(unexpected)}")
+        raise errors.CheckpointLoadError(f"{name} weights in {filename!r} do not fit: " + "; ".join(parts))
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        module.load_state_dict(cast, strict=True, assign=True)
+    except RuntimeError as e:
+        raise errors.CheckpointLoadError(f"{name} weights in {filename!r} do not fit: {e}") from e
+    for buffer_name, buffer in list(module.named_buffers()):
+        if buffer.is_meta:
+            if not buffer_name.endswith("position_ids"):
+                raise errors.CheckpointLoadError(f"{name}: buffer {buffer_name!r} has no value after loading {filename!r}")
+            owner_name, _, attr = buffer_name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            owner.register_buffer(attr, torch.arange(buffer.shape[-1]).expand(buffer.shape), persistent=False)
+    return module.to(device).eval().requires_grad_(False)
+
+
+def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
+                checkpoint_info: CheckpointInfo | None = None, device: torch.device | None = None,
+                dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
+    """A StableDiffusionModel from an LDM-layout state dict (the tensors are reused, not copied,
+    when their dtype is the target dtype).
+
+    Raises:
+        errors.UnsupportedModel: SD2.x / SDXL.
+        errors.CheckpointLoadError: keys or shapes that do not fit; the message names them.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    chosen = devices.current()
+    device = device or chosen.device
+    dtype = dtype or chosen.dtype
+    dtype_vae = dtype_vae or (dtype if dtype == torch.float32 else chosen.dtype_vae)
+    config = sd_models_config.infer_config(state_dict, filename)
+    parts = sd_models_convert.convert_checkpoint(state_dict, config.unet, config.vae,
+                                                 sd_models_config.clip_prefix(state_dict), filename)
+    alphas = state_dict.get("alphas_cumprod")
+    alphas = alphas.to(torch.float32) if alphas is not None and alphas.shape == (1000,) else sd1_alphas_cumprod()
+    clip_config = CLIPTextConfig(**config.clip)
+    unet = _build_part("UNet", lambda: UNet2DConditionModel(**config.unet), parts.unet, dtype, device, filename)
+    vae = _build_part("VAE", lambda: AutoencoderKL(**config.vae), parts.vae, dtype_vae, device, filename)
+    text_encoder = _build_part("CLIP text encoder", lambda: CLIPTextModel(clip_config), parts.text_encoder,
+                               dtype, device, filename)
+    return StableDiffusionModel(unet, vae, text_encoder, checkpoint_info=checkpoint_info, config=config,
+                                alphas_cumprod=alphas, device=device)
+
+
+def load_checkpoint(info: CheckpointInfo, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                    dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
+    """Read and build one checkpoint without making it current."""
+    state_dict = safe_load.load_state_dict(info.filename)
+    model = build_model(state_dict, filename=info.filename, checkpoint_info=info,
+                        device=device, dtype=dtype, dtype_vae=dtype_vae)
+    del state_dict
+    if model.sd_model_hash is None:
+        model.sd_model_hash = info.calculate_shorthash()
+    return model
+
+
+def load_model(checkpoint_info: CheckpointInfo | None = None, *, device: torch.device | None = None,
+               dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
+    """Load a checkpoint (default: `select_checkpoint()`) and make it `model_data.sd_model`.
+
+    The previous model stays current until the new one is fully built, so a failed load leaves
+    it in place. The option `sd_model_checkpoint` is set to the loaded title.
+    """
+    from modules import shared
+    info = checkpoint_info or select_checkpoint()
+    with model_data.lock:
+        log.info("Loading weights from %s", info.filename)
+        model = load_checkpoint(info, device=device, dtype=dtype, dtype_vae=dtype_vae)
+        previous = model_data.sd_model
+        model_data.set_sd_model(model)
+        shared.opts.data["sd_model_checkpoint"] = info.title
+        shared.opts.data["sd_checkpoint_hash"] = info.sha256
+        del previous
+        devices.torch_gc()
+    _run_model_loaded_callbacks(model)
+    return model
+
+
+def _run_model_loaded_callbacks(model: StableDiffusionModel) -> None:
+    try:
+        from modules import script_callbacks
+    except ImportError:
+        return
+    callback = getattr(script_callbacks, "model_loaded_callback", None)
+    if callback is not None:
+        callback(model)
+
+
+def reload_model_weights(sd_model: StableDiffusionModel | None = None,
+                         info: CheckpointInfo | None = None) -> StableDiffusionModel:
+    """Make `info` (default: the selected checkpoint) the current model.
+
+    Nothing is reloaded when it is already current (its weights go back to the device if
+    `unload_model_weights` moved them off). If loading fails the previous model stays current
+    and the error propagates.
+    """
+    info = info or select_checkpoint()
+    with model_data.lock:
+        current = model_data.sd_model
+        if current is not None and current.sd_checkpoint_info is not None \
+                and os.path.abspath(current.sd_checkpoint_info.filename) == os.path.abspath(info.filename):
+            if current.device != current.home_device:
+                current.to(current.home_device)
+            return current
+        return load_model(info)
+
+
+def unload_model_weights(sd_model: StableDiffusionModel | None = None,
+                         info: CheckpointInfo | None = None) -> StableDiffusionModel | None:
+    """Free the device memory the model holds.
+
+    On an accelerator the weights move to the CPU (`reload_model_weights` moves them back); on
+    the CPU the model is dropped and the next use loads it again.
+    """
+    with model_data.lock:
+        model = sd_model or model_data.sd_model
+        if model is None:
+            return None
+        if model.home_device.type != "cpu":
+            model.to(devices.cpu)
+        elif model is model_data.sd_model:
+            model_data.set_sd_model(None)
+        devices.torch_gc()
+        return model
+
+
+def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> None:
+    """Make setting `sd_model_checkpoint` switch the model (the composition root calls this once).
+
+    `wrap` lets the caller run the switch under the queue lock. An unknown alias raises
+    CheckpointNotFound and a failed load raises CheckpointLoadError; in both cases the option
+    keeps its old value and the previous model stays loaded.
+    """
+    def on_checkpoint_change() -> None:
+        info = get_checkpoint_info(opts.sd_model_checkpoint)
+        if model_data.sd_model is None and not model_data.was_loaded_at_least_once:
+            opts.data["sd_model_checkpoint"] = info.title
+            return
+        reload_model_weights(info=info)
+
+    opts.onchange("sd_model_checkpoint", wrap(on_checkpoint_change) if wrap else on_checkpoint_change)
