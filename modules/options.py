@@ -235,7 +235,7 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "upscaler_for_img2img": O(None, "Upscaler for img2img"),
         },
         "api": {
-            "api_enable_requests": O(True, "Allow http:// and https:// URLs for input images in API", restrict_api=True),
+            "api_enable_requests": O(False, "Allow http:// and https:// URLs for input images in API", restrict_api=True),
             "api_forbid_local_requests": O(True, "Forbid URLs to local resources", restrict_api=True),
             "api_useragent": O("", "User agent for requests", restrict_api=True),
             "api_max_pixels": O(2048 * 2048, "Largest width × height the API accepts for one image"),

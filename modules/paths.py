@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 
 script_path: str = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+tokenizers_dir: str = os.path.join(script_path, "models", "tokenizers")
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class DataPaths:
 
     @property
     def tokenizers_dir(self) -> str:
-        return os.path.join(self.models_path, "tokenizers")
+        """Tokenizer vocabularies are part of the install (written at set-up), not user data."""
+        return tokenizers_dir
 
     @property
     def outputs_dir(self) -> str:

@@ -16,6 +16,7 @@ data_paths: paths.DataPaths = paths.data_paths()
 opts = options.Options()
 state = shared_state.State()
 OptionInfo = options.OptionInfo
+prompt_styles = None  # a styles.StyleDatabase once webui.initialize() has read styles.csv
 
 # A1111 names kept for extensions.
 script_path = paths.script_path
