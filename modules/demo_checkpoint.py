@@ -79,8 +79,9 @@ def _generator(name: str) -> torch.Generator:
 def _init_tensor(name: str, shape: torch.Size) -> torch.Tensor:
     """A deterministic initial value for one parameter, from its name and shape alone."""
     is_norm = len(shape) == 1 and "norm" in name
-    if is_norm:
-        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+    if is_norm:  # near the identity, but not exactly: trained norms have non-zero biases
+        noise = torch.randn(shape, generator=_generator(name))
+        return 1.0 + 0.1 * noise if name.endswith("weight") else 0.05 * noise
     if name.endswith("bias") or len(shape) == 1:
         return torch.randn(shape, generator=_generator(name)) * 0.02
     if "token_embedding" in name:

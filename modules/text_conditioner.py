@@ -38,7 +38,13 @@ class PromptChunk:
 
 
 def emphasis_original(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
-    """Multiply each token's vector by its weight, then rescale so the mean of the batch is unchanged."""
+    """Multiply each token's vector by its weight, then rescale so the mean of the batch is unchanged.
+
+    With every weight 1.0 this is the identity, returned as such: the rescale would otherwise be
+    0/0 for an output whose mean is exactly zero.
+    """
+    if bool((multipliers == 1.0).all()):
+        return z
     z32 = z.float()
     original_mean = z32.mean()
     weighted = z32 * multipliers.float().unsqueeze(-1)
