@@ -1,0 +1,471 @@
+"""The `/sdapi/v1` routes: thin handlers that validate, build a processing object, run it through
+the FIFO queue and `processing.process_images`, and map the result to A1111's response shapes.
+
+Routes that wait for the queue (generation, extras, reloads) run in worker threads of their own
+limiter, so any number of queued requests never starves the routes that must stay responsive
+while a job runs (progress, interrupt, skip, options GET and the listings), which are `async`
+and never block. Errors are raised as `modules.errors` exceptions; `modules.api.app` maps them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import anyio
+from fastapi import APIRouter, Body, Depends, FastAPI
+
+from modules import call_queue, errors, shared
+from modules.api import generation, image_io
+from modules.api import models as m
+
+# A1111 names extensions import from here (`from modules.api.api import decode_base64_to_image`).
+decode_base64_to_image = image_io.decode_base64_to_image
+encode_pil_to_base64 = image_io.encode_pil_to_base64
+
+_JOB_THREADS = 256
+_RELOADING_OPTIONS = ("sd_model_checkpoint", "sd_vae")
+_SECRET_FLAGS = ("api_auth", "gradio_auth", "ngrok")
+
+
+class NotSupported(errors.SerenaError):
+    """The route exists for compatibility but Serena has no implementation behind it."""
+
+    status_code = 501
+
+
+class Api:
+    """Registers every `/sdapi/v1` route on `app` (plus A1111's `/internal/progress`)."""
+
+    def __init__(self, app: FastAPI, *, cmd_opts: argparse.Namespace | None = None,
+                 auth: Callable[..., None] | None = None,
+                 queue_lock: call_queue.FIFOLock = call_queue.queue_lock) -> None:
+        self.app = app
+        self.cmd_opts = cmd_opts if cmd_opts is not None else shared.cmd_opts
+        self.queue_lock = queue_lock
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth)] if auth else [])
+        r = self.add_api_route
+        r("txt2img", self.text2imgapi, ["POST"], m.TextToImageResponse)
+        r("img2img", self.img2imgapi, ["POST"], m.ImageToImageResponse)
+        r("extra-single-image", self.extras_single_image_api, ["POST"], m.ExtrasSingleImageResponse)
+        r("extra-batch-images", self.extras_batch_images_api, ["POST"], m.ExtrasBatchImagesResponse)
+        r("png-info", self.pnginfoapi, ["POST"], m.PNGInfoResponse)
+        r("progress", self.progressapi, ["GET"], m.ProgressResponse)
+        r("interrogate", self.interrogateapi, ["POST"], m.InterrogateResponse)
+        r("interrupt", self.interruptapi, ["POST"], None)
+        r("skip", self.skip, ["POST"], None)
+        r("options", self.get_config, ["GET"], None)
+        r("options", self.set_config, ["POST"], None)
+        r("cmd-flags", self.get_cmd_flags, ["GET"], None)
+        r("samplers", self.get_samplers, ["GET"], list[m.SamplerItem])
+        r("schedulers", self.get_schedulers, ["GET"], list[m.SchedulerItem])
+        r("upscalers", self.get_upscalers, ["GET"], list[m.UpscalerItem])
+        r("latent-upscale-modes", self.get_latent_upscale_modes, ["GET"], list[m.LatentUpscalerModeItem])
+        r("sd-models", self.get_sd_models, ["GET"], list[m.SDModelItem])
+        r("sd-vae", self.get_sd_vaes, ["GET"], list[m.SDVaeItem])
+        r("hypernetworks", self.get_hypernetworks, ["GET"], list[m.HypernetworkItem])
+        r("face-restorers", self.get_face_restorers, ["GET"], list[m.FaceRestorerItem])
+        r("realesrgan-models", self.get_realesrgan_models, ["GET"], list[m.RealesrganItem])
+        r("prompt-styles", self.get_prompt_styles, ["GET"], list[m.PromptStyleItem])
+        r("embeddings", self.get_embeddings, ["GET"], m.EmbeddingsResponse)
+        r("refresh-embeddings", self.refresh_embeddings, ["POST"], None)
+        r("refresh-checkpoints", self.refresh_checkpoints, ["POST"], None)
+        r("refresh-vae", self.refresh_vae, ["POST"], None)
+        r("create/embedding", self.create_embedding, ["POST"], m.CreateResponse)
+        r("create/hypernetwork", self.create_hypernetwork, ["POST"], m.CreateResponse)
+        r("train/embedding", self.train_embedding, ["POST"], m.CreateResponse)
+        r("train/hypernetwork", self.train_hypernetwork, ["POST"], m.CreateResponse)
+        r("memory", self.get_memory, ["GET"], m.MemoryResponse)
+        r("unload-checkpoint", self.unloadapi, ["POST"], None)
+        r("reload-checkpoint", self.reloadapi, ["POST"], None)
+        r("scripts", self.get_scripts_list, ["GET"], m.ScriptsList)
+        r("script-info", self.get_script_info, ["GET"], list[m.ScriptInfo])
+        r("extensions", self.get_extensions_list, ["GET"], list[m.ExtensionItem])
+        r("loras", self.get_loras, ["GET"], list[m.LoraItem])
+        r("refresh-loras", self.refresh_loras, ["POST"], None)
+        if getattr(self.cmd_opts, "api_server_stop", False):
+            r("server-kill", self.kill_webui, ["POST"], None)
+            r("server-restart", self.restart_webui, ["POST"], None)
+            r("server-stop", self.stop_webui, ["POST"], None)
+        app.include_router(self.router)
+        app.add_api_route("/internal/progress", self.internal_progress, methods=["POST"],
+                          response_model=m.InternalProgressResponse)
+        app.add_api_route("/internal/pending-tasks", self.pending_tasks, methods=["GET"])
+
+    def add_api_route(self, path: str, endpoint: Callable, methods: list[str], response_model: Any) -> None:
+        """A1111's helper name; every route lands under the (optionally authenticated) router."""
+        self.router.add_api_route("/" + path, endpoint, methods=methods, response_model=response_model)
+
+    async def _in_job_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking handler in a worker thread that does not use the default thread pool."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(_JOB_THREADS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # --- generation ---------------------------------------------------------------------------------
+    async def text2imgapi(self, txt2imgreq: m.StableDiffusionTxt2ImgProcessingAPI) -> m.TextToImageResponse:
+        return await self._in_job_thread(self.text2img, txt2imgreq)
+
+    async def img2imgapi(self, img2imgreq: m.StableDiffusionImg2ImgProcessingAPI) -> m.ImageToImageResponse:
+        return await self._in_job_thread(self.img2img, img2imgreq)
+
+    def text2img(self, req: m.StableDiffusionTxt2ImgProcessingAPI) -> m.TextToImageResponse:
+        """Blocking txt2img: run the request (queued) and map the `Processed` to A1111's response."""
+        req = generation.apply_infotext(req, is_img2img=False)
+        processed = generation.run_txt2img(req)
+        return m.TextToImageResponse(images=self._encode_images(processed, req.send_images),
+                                     parameters=req.model_dump(), info=processed.js())
+
+    def img2img(self, req: m.StableDiffusionImg2ImgProcessingAPI) -> m.ImageToImageResponse:
+        """Blocking img2img; init images and mask are echoed only with `include_init_images`."""
+        if req.init_images is not None:
+            req = generation.apply_infotext(req, is_img2img=True)
+        processed = generation.run_img2img(req)
+        parameters = req.model_dump()
+        if not req.include_init_images:
+            parameters["init_images"] = None
+            parameters["mask"] = None
+        return m.ImageToImageResponse(images=self._encode_images(processed, req.send_images),
+                                      parameters=parameters, info=processed.js())
+
+    @staticmethod
+    def _encode_images(processed: Any, send_images: bool) -> list[str]:
+        if not send_images:
+            return []
+        infotexts = list(getattr(processed, "infotexts", None) or [])
+        out = []
+        for i, image in enumerate(processed.images):
+            if "parameters" not in image.info and i < len(infotexts) and shared.opts.enable_pnginfo:
+                image.info["parameters"] = infotexts[i]
+            out.append(image_io.encode_pil_to_base64(image))
+        return out
+
+    # --- extras, png-info, interrogate -------------------------------------------------------------------
+    async def extras_single_image_api(self, req: m.ExtrasSingleImageRequest) -> m.ExtrasSingleImageResponse:
+        return await self._in_job_thread(self.extras_single_image, req)
+
+    async def extras_batch_images_api(self, req: m.ExtrasBatchImagesRequest) -> m.ExtrasBatchImagesResponse:
+        return await self._in_job_thread(self.extras_batch_images, req)
+
+    def extras_single_image(self, req: m.ExtrasSingleImageRequest) -> m.ExtrasSingleImageResponse:
+        images, html = self._run_extras(req, [image_io.decode_base64_to_image(req.image, "image")])
+        return m.ExtrasSingleImageResponse(html_info=html, image=image_io.encode_pil_to_base64(images[0]))
+
+    def extras_batch_images(self, req: m.ExtrasBatchImagesRequest) -> m.ExtrasBatchImagesResponse:
+        images = [image_io.decode_base64_to_image(f.data, f"imageList[{i}]") for i, f in enumerate(req.imageList)]
+        out, html = self._run_extras(req, images)
+        return m.ExtrasBatchImagesResponse(html_info=html, images=[image_io.encode_pil_to_base64(x) for x in out])
+
+    def _run_extras(self, req: m.ExtrasBaseRequest, images: list[Any]) -> tuple[list[Any], str]:
+        """Run the extras operation on every image under the queue lock; (images, html_info)."""
+        from modules import upscaling
+        known = [u.name for u in upscaling.sd_upscalers]
+        for field in ("upscaler_1", "upscaler_2"):
+            if getattr(req, field) not in known:
+                raise errors.NotFound(f"Upscaler {getattr(req, field)!r} not found; installed: {', '.join(known)}",
+                                      field=field)
+        for image in images:
+            w, h = image.size
+            tw, th = ((int(w * req.upscaling_resize), int(h * req.upscaling_resize)) if req.resize_mode == 0
+                      else (req.upscaling_resize_w, req.upscaling_resize_h))
+            if tw * th > int(shared.opts.api_max_pixels):
+                raise errors.InvalidParameter(
+                    f"extras output {tw}x{th} exceeds api_max_pixels={shared.opts.api_max_pixels}",
+                    field="upscaling_resize")
+        kwargs = req.model_dump(exclude={"image", "imageList", "show_extras_results"})
+        outputs, html = [], ""
+        with self.queue_lock:
+            for image in images:
+                out, html = upscaling.run_extras(image, **kwargs)
+                outputs.append(out)
+        return outputs, html
+
+    def pnginfoapi(self, req: m.PNGInfoRequest) -> m.PNGInfoResponse:
+        from modules import infotext_utils, script_callbacks
+        if not req.image.strip():
+            return m.PNGInfoResponse(info="", items={}, parameters={})
+        image = image_io.decode_base64_to_image(req.image.strip(), "image")
+        geninfo, items = infotext_utils.read_info_from_image(image)
+        geninfo = geninfo or ""
+        params = infotext_utils.parse_generation_parameters(geninfo)
+        script_callbacks.infotext_pasted_callback(geninfo, params)
+        items = {k: v for k, v in items.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return m.PNGInfoResponse(info=geninfo, items=items, parameters=params)
+
+    def interrogateapi(self, req: m.InterrogateRequest) -> m.InterrogateResponse:
+        if not req.image:
+            raise errors.NotFound("Image not found", field="image")
+        image_io.decode_base64_to_image(req.image, "image")
+        if req.model not in ("clip", "deepdanbooru"):
+            raise errors.NotFound(f"Model not found: {req.model!r}", field="model")
+        raise errors.NotFound(f"Interrogator model {req.model!r} is not installed in Serena", field="model")
+
+    # --- progress and control (async: never wait behind the queue) --------------------------------------
+    async def progressapi(self, skip_current_image: bool = False) -> m.ProgressResponse:
+        state = shared.state
+        if state.job_count == 0:
+            return m.ProgressResponse(progress=0, eta_relative=0, state=state.dict(), textinfo=state.textinfo)
+        progress = state.progress()
+        elapsed = time.time() - (state.time_start or time.time())
+        eta_relative = elapsed / progress - elapsed if progress > 0 else 0.0
+        current_image = None
+        if not skip_current_image:
+            image_io.update_live_preview(state)
+            if state.current_image is not None:
+                current_image = image_io.encode_pil_to_base64(state.current_image)
+        return m.ProgressResponse(progress=progress, eta_relative=eta_relative, state=state.dict(),
+                                  current_image=current_image, textinfo=state.textinfo)
+
+    async def internal_progress(self, req: m.InternalProgressRequest) -> m.InternalProgressResponse:
+        """A1111's UI progress for one task id: queued / active / completed, and its live preview."""
+        active, queued, completed = call_queue.task_status(req.id_task or "")
+        if not active:
+            textinfo = "Waiting..." if queued else None
+            return m.InternalProgressResponse(active=False, queued=queued, completed=completed,
+                                              id_live_preview=-1, textinfo=textinfo)
+        state = shared.state
+        progress = state.progress()
+        elapsed = time.time() - (state.time_start or time.time())
+        eta = elapsed / progress - elapsed if progress > 0 else None
+        live_preview, id_live_preview = None, req.id_live_preview
+        if req.live_preview:
+            image_io.update_live_preview(state)
+            if state.current_image is not None and state.id_live_preview != req.id_live_preview:
+                live_preview = "data:image/png;base64," + image_io.encode_pil_to_base64(state.current_image, "png")
+                id_live_preview = state.id_live_preview
+        return m.InternalProgressResponse(active=True, queued=False, completed=False, progress=progress, eta=eta,
+                                          live_preview=live_preview, id_live_preview=id_live_preview,
+                                          textinfo=state.textinfo)
+
+    async def pending_tasks(self) -> dict[str, Any]:
+        return {"size": len(call_queue.pending_tasks), "tasks": list(call_queue.pending_tasks)}
+
+    async def interruptapi(self) -> dict:
+        shared.state.interrupt()
+        return {}
+
+    async def skip(self) -> None:
+        shared.state.skip()
+
+    # --- options -------------------------------------------------------------------------------------
+    async def get_config(self) -> dict[str, Any]:
+        opts = shared.opts
+        return {key: opts.data.get(key, info.default) for key, info in opts.data_labels.items()}
+
+    def set_config(self, req: dict[str, Any] = Body(...)) -> None:
+        opts = shared.opts
+        for key, value in req.items():
+            if key not in opts.data_labels:
+                raise errors.UnknownOption(key)
+            generation.check_option_value(key, value)
+        checkpoint = req.get("sd_model_checkpoint")
+        if checkpoint is not None:
+            from modules import sd_models
+            if sd_models.get_closet_checkpoint_match(checkpoint) is None:
+                raise errors.CheckpointNotFound(f"model {checkpoint!r} not found", field="sd_model_checkpoint")
+        reloads = any(k in req for k in _RELOADING_OPTIONS)
+        with self.queue_lock if reloads else contextlib.nullcontext():  # never swap a model mid-job
+            for key, value in req.items():
+                opts.set(key, value, is_api=True)
+        opts.save(getattr(self.cmd_opts, "ui_settings_file", None) or shared.data_paths.config_file)
+
+    async def get_cmd_flags(self) -> dict[str, Any]:
+        flags = dict(vars(self.cmd_opts))
+        for key in _SECRET_FLAGS:  # A1111 echoes them; Serena does not hand out passwords
+            if flags.get(key):
+                flags[key] = "***"
+        return flags
+
+    # --- listings -------------------------------------------------------------------------------------
+    async def get_samplers(self) -> list[dict[str, Any]]:
+        from modules import sd_samplers
+        return sd_samplers.sampler_api_items()
+
+    async def get_schedulers(self) -> list[dict[str, Any]]:
+        from modules import sd_schedulers
+        return [{"name": s.name, "label": s.label, "aliases": list(s.aliases or []) or None,
+                 "default_rho": s.default_rho, "need_inner_model": s.need_inner_model}
+                for s in sd_schedulers.schedulers]
+
+    async def get_upscalers(self) -> list[dict[str, Any]]:
+        from modules import upscaling
+        return upscaling.list_upscalers()
+
+    async def get_latent_upscale_modes(self) -> list[dict[str, str]]:
+        from modules import upscaling
+        return upscaling.list_latent_upscale_modes()
+
+    async def get_sd_models(self) -> list[dict[str, Any]]:
+        from modules import sd_models
+        out = []
+        for info in sd_models.checkpoints_list.values():
+            config = os.path.splitext(info.filename)[0] + ".yaml"
+            out.append({"title": info.title, "model_name": info.model_name, "hash": info.shorthash,
+                        "sha256": info.sha256, "filename": info.filename,
+                        "config": config if os.path.exists(config) else None})
+        return out
+
+    async def get_sd_vaes(self) -> list[dict[str, str]]:
+        folder = getattr(self.cmd_opts, "vae_dir", None) or shared.data_paths.vae_dir
+        return [{"model_name": name, "filename": os.path.join(folder, name)}
+                for name in _model_files(folder, (".pt", ".ckpt", ".safetensors"))]
+
+    async def get_hypernetworks(self) -> list:
+        return []
+
+    async def get_face_restorers(self) -> list:
+        return []
+
+    async def get_realesrgan_models(self) -> list:
+        return []
+
+    async def get_prompt_styles(self) -> list[dict[str, Any]]:
+        database = getattr(shared, "prompt_styles", None)
+        if database is None:
+            return []
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt}
+                for s in database.styles.values()]
+
+    async def get_embeddings(self) -> dict[str, dict]:
+        return {"loaded": {}, "skipped": {}}
+
+    def refresh_embeddings(self) -> None:
+        return None
+
+    def refresh_checkpoints(self) -> None:
+        from modules import sd_models
+        with self.queue_lock:
+            sd_models.list_models()
+
+    def refresh_vae(self) -> None:
+        return None
+
+    def create_embedding(self, args: dict = Body(default_factory=dict)) -> None:
+        raise NotSupported("Creating embeddings is not supported by Serena")
+
+    def create_hypernetwork(self, args: dict = Body(default_factory=dict)) -> None:
+        raise NotSupported("Creating hypernetworks is not supported by Serena")
+
+    def train_embedding(self, args: dict = Body(default_factory=dict)) -> None:
+        raise NotSupported("Training embeddings is not supported by Serena")
+
+    def train_hypernetwork(self, args: dict = Body(default_factory=dict)) -> None:
+        raise NotSupported("Training hypernetworks is not supported by Serena")
+
+    async def get_memory(self) -> dict[str, Any]:
+        return {"ram": _ram_info(), "cuda": _cuda_info()}
+
+    def unloadapi(self) -> dict:
+        from modules import sd_models
+        with self.queue_lock:
+            sd_models.unload_model_weights()
+        return {}
+
+    def reloadapi(self) -> dict:
+        from modules import sd_models
+        with self.queue_lock:
+            sd_models.reload_model_weights()
+        return {}
+
+    async def get_scripts_list(self) -> dict[str, list[str]]:
+        out = {}
+        for kind in ("txt2img", "img2img"):
+            runner = generation.script_runner(kind == "img2img")
+            out[kind] = [generation.script_title(s) for s in (getattr(runner, "scripts", None) or [])]
+        return out
+
+    async def get_script_info(self) -> list[dict[str, Any]]:
+        out = []
+        for kind in ("txt2img", "img2img"):
+            runner = generation.script_runner(kind == "img2img")
+            for script in getattr(runner, "scripts", None) or []:
+                info = getattr(script, "api_info", None)
+                if info is not None:
+                    out.append(info if isinstance(info, dict) else dataclasses.asdict(info))
+        return out
+
+    async def get_extensions_list(self) -> list:
+        return []
+
+    async def get_loras(self) -> list[dict[str, Any]]:
+        folder = os.path.join(shared.data_paths.models_path, "Lora")
+        items = []
+        for name in _model_files(folder, (".pt", ".ckpt", ".safetensors")):
+            path, stem = os.path.join(folder, name), os.path.splitext(name)[0]
+            metadata = _lora_metadata(path)
+            alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else stem
+            items.append({"name": stem, "alias": alias, "path": path, "metadata": metadata})
+        return items
+
+    async def refresh_loras(self) -> None:
+        return None
+
+    # --- server control (--api-server-stop) ----------------------------------------------------------
+    def kill_webui(self) -> None:
+        os._exit(0)
+
+    def restart_webui(self) -> None:
+        if not os.environ.get("SD_WEBUI_RESTART"):
+            raise NotSupported("Restart is only available when launched by webui.sh (SD_WEBUI_RESTART unset)")
+        os.makedirs(os.path.join(shared.data_paths.data_path, "tmp"), exist_ok=True)
+        open(os.path.join(shared.data_paths.data_path, "tmp", "restart"), "w").close()
+        os._exit(0)
+
+    def stop_webui(self) -> str:
+        server = getattr(self.app.state, "uvicorn_server", None)
+        if server is not None:
+            server.should_exit = True
+        self.server_command = "stop"
+        return "Stopping."
+
+
+def _model_files(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """File names (not paths) directly in `folder` with one of `extensions`; [] if it does not exist."""
+    try:
+        return sorted(n for n in os.listdir(folder) if n.lower().endswith(extensions)
+                      and os.path.isfile(os.path.join(folder, n)))
+    except OSError:
+        return []
+
+
+def _lora_metadata(path: str) -> dict[str, Any]:
+    """The safetensors header metadata of a LoRA file; {} for other formats or unreadable headers."""
+    from modules import safe_load
+    if not path.lower().endswith(".safetensors"):
+        return {}
+    try:
+        return safe_load.read_safetensors_metadata(path)
+    except errors.SerenaError:
+        return {}
+
+
+def _ram_info() -> dict[str, Any]:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        avail = os.sysconf("SC_AVPHYS_PAGES")
+        total, free = pages * page_size, avail * page_size
+        return {"free": free, "used": total - free, "total": total}
+    except (ValueError, OSError, AttributeError) as e:
+        return {"error": f"{e}"}
+
+
+def _cuda_info() -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return {"error": "unavailable"}
+    try:
+        free, total = torch.cuda.mem_get_info()
+        stats = torch.cuda.memory_stats()
+        def pair(name: str) -> dict[str, int]:
+            return {"current": stats.get(f"{name}_bytes.all.current", 0), "peak": stats.get(f"{name}_bytes.all.peak", 0)}
+        return {"system": {"free": free, "used": total - free, "total": total},
+                "active": pair("active"), "allocated": pair("allocated"),
+                "reserved": pair("reserved"), "inactive": pair("inactive_split"),
+                "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
+    except Exception as e:  # noqa: BLE001 - memory stats are best effort, reported as an error field
+        return {"error": f"{e}"}

@@ -1,0 +1,265 @@
+"""The FastAPI application that serves `/sdapi/v1`: middleware, auth, CORS and the one error handler.
+
+`build_app(cmd_opts)` is called by the composition root (`webui.py`) before Gradio is mounted
+(Gradio 6 shadows routes added after `mount_gradio_app(path="/")`). `serve(app, host, port)` runs
+it with uvicorn for API-only mode and tests.
+
+Every exception a route lets escape becomes A1111's error body
+`{"error", "detail", "body", "errors"}` with the exception's `status_code` (500 if none);
+request-validation failures keep FastAPI's `{"detail": [{loc, msg, type}]}` shape with 422.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modules import errors
+
+log = logging.getLogger("serena.api")
+
+
+# --- error handling --------------------------------------------------------------------------------
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """A1111's error body for `exc`."""
+    detail = getattr(exc, "detail", None)
+    if detail is None and isinstance(exc, errors.SerenaError):
+        detail = exc.message
+    return {
+        "error": type(exc).__name__,
+        "detail": detail if detail is not None else "",
+        "body": getattr(exc, "body", None) or "",
+        "errors": str(exc),
+    }
+
+
+def status_of(exc: BaseException) -> int:
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) else 500
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    """The one exception handler: domain errors and HTTP errors in A1111's shape."""
+    status = status_of(exc)
+    if status >= 500:
+        log.error("API error: %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+    headers = getattr(exc, "headers", None)
+    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+
+async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with FastAPI's standard `{"detail": [...]}` (what A1111 returns for bad request bodies)."""
+    detail = []
+    for err in exc.errors():
+        item = {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+        if "input" in err and _small(err["input"]):
+            item["input"] = err["input"]
+        detail.append(item)
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def _small(value: Any) -> bool:
+    try:
+        return len(json.dumps(value)) <= 200
+    except (TypeError, ValueError):
+        return False
+
+
+# --- auth ------------------------------------------------------------------------------------------
+class BodyTooLarge(errors.SerenaError):
+    status_code = 413
+
+
+class AuthFailed(errors.SerenaError):
+    status_code = 401
+    headers = {"WWW-Authenticate": "Basic"}
+
+
+def parse_credentials(spec: str) -> list[tuple[str, str]]:
+    """`"u1:p1,u2:p2"` → pairs; each entry must hold exactly one colon (A1111 rule)."""
+    pairs = []
+    for n, entry in enumerate(x.strip() for x in spec.split(",")):
+        if not entry:
+            continue
+        if entry.count(":") != 1:
+            raise errors.ConfigError(f"--api-auth entry #{n + 1} must be 'user:password' with exactly one ':'")
+        user, password = entry.split(":")
+        pairs.append((user, password))
+    if not pairs:
+        raise errors.ConfigError("--api-auth is set but holds no 'user:password' entry")
+    return pairs
+
+
+def make_auth_dependency(credentials: list[tuple[str, str]]) -> Callable[..., None]:
+    """A FastAPI dependency enforcing HTTP Basic against `credentials` in constant time."""
+    basic = HTTPBasic(auto_error=False)
+    encoded = [(u.encode("utf8"), p.encode("utf8")) for u, p in credentials]
+
+    def check(given: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if given is None:
+            raise AuthFailed("Incorrect username or password")
+        user, password = given.username.encode("utf8"), given.password.encode("utf8")
+        ok = False
+        for u, p in encoded:  # no early exit: every pair is compared
+            ok |= secrets.compare_digest(user, u) & secrets.compare_digest(password, p)
+        if not ok:
+            raise AuthFailed("Incorrect username or password")
+
+    return check
+
+
+# --- pure ASGI middleware (cheaper than BaseHTTPMiddleware on every request) -------------------
+class ProcessTimeMiddleware:
+    """Adds `X-Process-Time` (seconds, 4 places) to every response; logs /sdapi lines with --api-log."""
+
+    def __init__(self, app: Any, api_log: bool = False) -> None:
+        self.app, self.api_log = app, api_log
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status_holder: list[int] = [0]
+
+        async def send_with_time(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-process-time", f"{time.perf_counter() - start:.4f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_time)
+        finally:
+            if self.api_log and scope.get("path", "").startswith("/sdapi"):
+                client = scope.get("client") or ("-", 0)
+                print(f"API {datetime.datetime.now().isoformat(timespec='seconds')} {status_holder[0]} "
+                      f"http/{scope.get('http_version', '1.1')} {client[0]} {scope.get('method')} "
+                      f"{scope.get('path')} {time.perf_counter() - start:.4f}", flush=True)
+
+
+class BodyLimitMiddleware:
+    """Answers 413 (A1111 error shape) when a request body exceeds the option `api_max_body_mb`."""
+
+    def __init__(self, app: Any, limit_bytes: Callable[[], int]) -> None:
+        self.app, self.limit_bytes = app, limit_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_bytes()
+        length = None
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+        if length is not None:
+            if length > limit:
+                await self._reject(send, length, limit)
+                return
+            await self.app(scope, receive, send)  # the server enforces the declared length
+            return
+        # No declared length (chunked): read the body up to the limit, then replay it.
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                await self._reject(send, size, limit)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(send: Callable, size: int, limit: int) -> None:
+        exc = BodyTooLarge(f"request body of {size} bytes exceeds api_max_body_mb ({limit} bytes)")
+        body = json.dumps(error_body(exc)).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _body_limit_bytes() -> int:
+    from modules.shared import opts
+    return int(float(opts.api_max_body_mb) * 1024 * 1024)
+
+
+# --- composition -------------------------------------------------------------------------------------
+def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
+    """The API application: every `/sdapi/v1` route, middleware, auth and error handling.
+
+    Args:
+        cmd_opts: parsed flags; reads `api_auth`, `api_log`, `cors_allow_origins[_regex]`,
+            `api_server_stop`, `subpath`.
+    """
+    from modules.api.api import Api
+
+    app = FastAPI(title="Serena", root_path=getattr(cmd_opts, "subpath", None) or "")
+    app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(errors.SerenaError, handle_exception)
+    app.add_exception_handler(StarletteHTTPException, handle_exception)
+    app.add_exception_handler(Exception, handle_exception)
+
+    auth = None
+    if getattr(cmd_opts, "api_auth", None):
+        auth = make_auth_dependency(parse_credentials(cmd_opts.api_auth))
+    Api(app, cmd_opts=cmd_opts, auth=auth)
+
+    # Added last = outermost: timing wraps everything (413s included), then the body limit, gzip, CORS.
+    origins = getattr(cmd_opts, "cors_allow_origins", None)
+    origin_regex = getattr(cmd_opts, "cors_allow_origins_regex", None)
+    if origins or origin_regex:
+        app.add_middleware(CORSMiddleware, allow_origins=origins.split(",") if origins else [],
+                           allow_origin_regex=origin_regex, allow_methods=["*"],
+                           allow_credentials=True, allow_headers=["*"])
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
+    app.add_middleware(BodyLimitMiddleware, limit_bytes=_body_limit_bytes)
+    app.add_middleware(ProcessTimeMiddleware, api_log=bool(getattr(cmd_opts, "api_log", False)))
+    return app
+
+
+def serve(app: FastAPI, host: str | None = "127.0.0.1", port: int = 7861, *,
+          timeout_keep_alive: int = 30, background: bool = False, **uvicorn_kwargs: Any) -> Any:
+    """Run `app` with uvicorn. With `background=True`, start it in a daemon thread, wait until it
+    accepts connections and return the `uvicorn.Server` (set `server.should_exit = True` to stop)."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host or "127.0.0.1", port=port, timeout_keep_alive=timeout_keep_alive,
+                            log_level="warning", **uvicorn_kwargs)
+    server = uvicorn.Server(config)
+    app.state.uvicorn_server = server
+    if not background:
+        server.run()
+        return server
+    thread = threading.Thread(target=server.run, name="serena-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise errors.ConfigError(f"API server did not start on {host}:{port}")
+        time.sleep(0.02)
+    return server

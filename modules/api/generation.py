@@ -1,0 +1,288 @@
+"""From an API request to a finished job: the one path every generation takes (API, UI, CLI).
+
+`run_txt2img(req)` / `run_img2img(req)` resolve a validated request model in A1111's order
+(spec §1.3: infotext, selectable script, sampler and scheduler, save flags, API-only keys removed,
+script-args array), refuse what the request limits forbid, then wait for the FIFO queue, build
+the `StableDiffusionProcessing*` object and run it through the selected script's `run` or
+`processing.process_images`. They return the `Processed`; mapping it to HTTP is `modules.api.api`'s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+from modules import call_queue, errors, shared
+from modules.api import image_io
+from modules.api import models as m
+
+# --- request → processing arguments ------------------------------------------------------------------
+# Infotext labels applied to txt2img fields (spec §1.4); img2img takes only the script-owned ones.
+_INFOTEXT_TXT2IMG = {
+    "Prompt": "prompt", "Negative prompt": "negative_prompt", "CFG scale": "cfg_scale",
+    "Size-1": "width", "Size-2": "height", "Batch size": "batch_size", "Styles array": "styles",
+    "Denoising strength": "denoising_strength", "Hires upscale": "hr_scale", "Hires upscaler": "hr_upscaler",
+    "Hires steps": "hr_second_pass_steps", "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
+    "Hires checkpoint": "hr_checkpoint_name", "Hires sampler": "hr_sampler_name",
+    "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt", "Hires negative prompt": "hr_negative_prompt",
+}
+_INFOTEXT_SCRIPT_FIELDS = {
+    "Steps": "steps", "Sampler": "sampler_name", "Schedule type": "scheduler", "Seed": "seed",
+    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+    "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+    "Refiner": "refiner_checkpoint", "Refiner switch at": "refiner_switch_at",
+}
+_USE_SAME = {"Use same checkpoint", "Use same sampler", "Use same scheduler"}
+
+
+def _cast_like(value: Any, like: Any) -> Any:
+    """Cast an infotext string to the type of `like` (a field's current value or default)."""
+    if isinstance(like, bool):
+        return str(value).lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+    if isinstance(like, int):
+        return int(float(value))
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+def apply_infotext(req: m._ProcessingFields, is_img2img: bool) -> m._ProcessingFields:
+    """Fill fields not set in the request from `req.infotext`; option labels go to override_settings."""
+    if not req.infotext:
+        return req
+    from modules import infotext_utils
+    params = infotext_utils.parse_generation_parameters(req.infotext)
+    mapping = dict(_INFOTEXT_SCRIPT_FIELDS)
+    if not is_img2img:
+        mapping.update(_INFOTEXT_TXT2IMG)
+    update: dict[str, Any] = {}
+    for label, field in mapping.items():
+        if label not in params or field in req.model_fields_set:
+            continue
+        value = params[label]
+        if value in _USE_SAME:
+            value = None
+        default = type(req).model_fields[field].default
+        try:
+            update[field] = value if value is None or default is None else _cast_like(value, default)
+        except (TypeError, ValueError) as e:
+            raise errors.InvalidParameter(f"infotext: {label}: {value!r} is not valid: {e}", field="infotext") from e
+    if not is_img2img and "enable_hr" not in req.model_fields_set:
+        update["enable_hr"] = "Denoising strength" in params and any(
+            k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
+    overrides = dict(req.override_settings or {})
+    for key, info in shared.opts.data_labels.items():
+        if not info.infotext or info.infotext not in params or key in overrides:
+            continue
+        if key == "sd_model_checkpoint" and shared.opts.disable_weights_auto_swap:
+            continue
+        value = params[info.infotext]
+        current = getattr(shared.opts, key)
+        try:
+            value = _cast_like(value, current if current is not None else info.default)
+        except (TypeError, ValueError):
+            continue
+        if value != current:
+            overrides[key] = value
+    if overrides:
+        update["override_settings"] = overrides
+    return type(req).model_validate({**req.model_dump(), **update})
+
+
+def check_limits(req: m._ProcessingFields) -> None:
+    """Request limits from the options (api_max_pixels, api_max_batch_images, api_max_steps)."""
+    opts = shared.opts
+    max_pixels, max_images, max_steps = int(opts.api_max_pixels), int(opts.api_max_batch_images), int(opts.api_max_steps)
+    if req.width * req.height > max_pixels:
+        raise errors.InvalidParameter(
+            f"width x height = {req.width}x{req.height} exceeds api_max_pixels={max_pixels}", field="width")
+    if req.batch_size * req.n_iter > max_images:
+        raise errors.InvalidParameter(
+            f"batch_size x n_iter = {req.batch_size}x{req.n_iter} exceeds api_max_batch_images={max_images}",
+            field="batch_size")
+    for field in ("steps", "hr_second_pass_steps"):
+        steps = getattr(req, field, 0) or 0
+        if steps > max_steps:
+            raise errors.InvalidParameter(f"{field}={steps} exceeds api_max_steps={max_steps}", field=field)
+    if getattr(req, "enable_hr", False):
+        w, h = hires_target(req)
+        if w * h > max_pixels:
+            raise errors.InvalidParameter(
+                f"hires target {w}x{h} exceeds api_max_pixels={max_pixels}", field="hr_scale")
+
+
+def hires_target(req: m.StableDiffusionTxt2ImgProcessingAPI) -> tuple[int, int]:
+    """The hires pass's output size (spec §1.3), for the pixel limit only."""
+    if req.hr_resize_x == 0 and req.hr_resize_y == 0:
+        return int(req.width * req.hr_scale), int(req.height * req.hr_scale)
+    if req.hr_resize_y == 0:
+        return req.hr_resize_x, req.hr_resize_x * req.height // req.width
+    if req.hr_resize_x == 0:
+        return req.hr_resize_y * req.width // req.height, req.hr_resize_y
+    return req.hr_resize_x, req.hr_resize_y
+
+
+def init_params(cls: type) -> set[str]:
+    """Names the processing class's constructor accepts."""
+    if dataclasses.is_dataclass(cls):
+        return {f.name for f in dataclasses.fields(cls) if f.init}
+    return set(inspect.signature(cls).parameters)
+
+
+# --- scripts (spec §1.3 "Script argument array") --------------------------------------------------------
+def script_runner(is_img2img: bool) -> Any:
+    try:
+        from modules import scripts
+    except ImportError:
+        return None
+    return getattr(scripts, "scripts_img2img" if is_img2img else "scripts_txt2img", None)
+
+
+def script_title(script: Any) -> str:
+    title = script.title() if callable(getattr(script, "title", None)) else getattr(script, "name", "")
+    return str(title).lower()
+
+
+def _find_script(runner: Any, name: str, scripts: list[Any]) -> Any:
+    wanted = name.lower()
+    for script in scripts:
+        if script_title(script) == wanted:
+            return script
+    return None
+
+
+def build_script_args(req: m._ProcessingFields, runner: Any) -> tuple[Any, list[Any]]:
+    """The selected script (or None) and the flat script-args array, as A1111 lays it out."""
+    if runner is None:
+        if req.script_name:
+            raise errors.InvalidParameter(f"Script '{req.script_name}' not found", field="script_name")
+        for name in req.alwayson_scripts:
+            raise errors.InvalidParameter(f"Script '{name}' not found", field="alwayson_scripts")
+        return None, []
+    selectable = list(getattr(runner, "selectable_scripts", []) or [])
+    every = list(getattr(runner, "scripts", []) or [])
+    script = None
+    if req.script_name:
+        script = _find_script(runner, req.script_name, selectable)
+        if script is None:
+            raise errors.InvalidParameter(f"Script '{req.script_name}' not found", field="script_name")
+    size = max([1] + [getattr(s, "args_to", 0) or 0 for s in every])
+    args: list[Any] = [None] * size
+    inputs = getattr(runner, "inputs", None) or []
+    for i, control in enumerate(inputs[:size]):
+        args[i] = getattr(control, "value", None)
+    args[0] = 0
+    if script is not None:
+        args[script.args_from:script.args_to] = list(req.script_args)
+        args[0] = selectable.index(script) + 1
+    for name, spec in req.alwayson_scripts.items():
+        found = _find_script(runner, name, every)
+        if found is None:
+            raise errors.InvalidParameter(f"Script '{name}' not found", field="alwayson_scripts")
+        if not getattr(found, "alwayson", False):
+            raise errors.InvalidParameter("Cannot have a selectable script in the always on scripts params",
+                                          field="alwayson_scripts")
+        given = list((spec or {}).get("args", []) if isinstance(spec, dict) else [])
+        n = min(len(given), found.args_to - found.args_from)
+        args[found.args_from:found.args_from + n] = given[:n]
+    return script, args
+
+
+def check_option_value(key: str, value: Any) -> None:
+    """Reject values whose type cannot be the option's (bool for a bool option, number for a number …)."""
+    info = shared.opts.data_labels[key]
+    default = info.default
+    ok = True
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and ((info.minimum is not None and value < info.minimum) or
+                   (info.maximum is not None and value > info.maximum)):
+            raise errors.InvalidParameter(
+                f"option {key!r}: {value!r} is outside [{info.minimum}, {info.maximum}]", field=key)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    if not ok:
+        raise errors.InvalidParameter(
+            f"option {key!r} expects {type(default).__name__}, got {type(value).__name__} {value!r}", field=key)
+    if info.choices and isinstance(value, str) and value not in info.choices:
+        raise errors.InvalidParameter(f"option {key!r}: {value!r} is not one of {list(info.choices)}", field=key)
+
+
+# --- running -----------------------------------------------------------------------------------------
+def processing_args(req: m._ProcessingFields, cls: type) -> dict[str, Any]:
+    """Constructor arguments of `cls` for `req`: limits checked, sampler resolved, API-only keys removed."""
+    from modules import sd_samplers
+    check_limits(req)
+    if req.override_settings:
+        shared.opts.validate_overrides(req.override_settings)
+        for key, value in req.override_settings.items():
+            check_option_value(key, value)
+    sampler, scheduler = sd_samplers.get_sampler_and_scheduler(req.sampler_name or req.sampler_index, req.scheduler)
+    args = req.model_dump(exclude=set(m.API_ONLY_FIELDS))
+    args.update(sampler_name=sampler, scheduler=scheduler, do_not_save_samples=not req.save_images,
+                do_not_save_grid=not req.save_images, styles=req.styles or [],
+                override_settings=dict(req.override_settings or {}), comments={})
+    accepted = init_params(cls)
+    return {k: v for k, v in args.items() if k in accepted}
+
+
+def run_txt2img(req: m.StableDiffusionTxt2ImgProcessingAPI, outdir: str | None = None) -> Any:
+    """Run a txt2img request queued; returns the `Processed` (images saved to `outdir` if given)."""
+    from modules import processing
+    req = apply_infotext(req, is_img2img=False)
+    args = processing_args(req, processing.StableDiffusionProcessingTxt2Img)
+    if req.firstphase_width and req.firstphase_height:  # legacy hires: width/height are the target
+        args.update(hr_resize_x=req.width, hr_resize_y=req.height, width=req.firstphase_width,
+                    height=req.firstphase_height, firstphase_width=0, firstphase_height=0)
+    return run(req, processing.StableDiffusionProcessingTxt2Img, args, "txt2img", outdir=outdir)
+
+
+def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None = None) -> Any:
+    """Run an img2img request queued (init images and mask decoded first); returns the `Processed`.
+
+    Raises:
+        errors.NotFound: `init_images` is null ("Init image not found", as A1111).
+        errors.InvalidParameter / errors.InvalidImage: more init images than batch_size, bad images.
+    """
+    from modules import processing
+    if req.init_images is None:
+        raise errors.NotFound("Init image not found", field="init_images")
+    req = apply_infotext(req, is_img2img=True)
+    if len(req.init_images) > 1 and len(req.init_images) > req.batch_size:
+        raise errors.InvalidParameter(
+            f"{len(req.init_images)} init_images but batch_size is {req.batch_size}", field="init_images")
+    args = processing_args(req, processing.StableDiffusionProcessingImg2Img)
+    args["init_images"] = [image_io.decode_base64_to_image(x, f"init_images[{i}]") for i, x in enumerate(req.init_images)]
+    args["mask"] = image_io.decode_base64_to_image(req.mask, "mask") if req.mask else None
+    if req.mask_blur is not None:
+        args["mask_blur_x"] = args["mask_blur_y"] = req.mask_blur
+    return run(req, processing.StableDiffusionProcessingImg2Img, args, "img2img", outdir=outdir)
+
+
+def run(req: m._ProcessingFields, cls: type, args: dict[str, Any], kind: str, *, outdir: str | None = None) -> Any:
+    """Build `p` inside the FIFO queue and run the selected script's `run`, else `process_images`."""
+    from modules import processing
+    is_img2img = kind == "img2img"
+    runner = script_runner(is_img2img)
+    script, script_args = build_script_args(req, runner)
+    task_id = req.force_task_id or call_queue.create_task_id(kind)
+    opts = shared.opts
+    with call_queue.queued_job(task_id, f"scripts_{kind}", shared.state):
+        p = cls(**args)
+        p.is_api = True
+        p.outpath_samples = outdir or getattr(opts, f"outdir_{kind}_samples")
+        p.outpath_grids = outdir or getattr(opts, f"outdir_{kind}_grids")
+        if runner is not None:
+            p.scripts = runner
+            p.script_args = tuple(script_args)
+        try:
+            processed = runner.run(p, *script_args) if script is not None else processing.process_images(p)
+        finally:
+            p.close()
+    if processed is None:
+        raise errors.SerenaError(f"script '{req.script_name}' returned no result")
+    return processed
