@@ -1,0 +1,349 @@
+"""The browser UI: A1111's txt2img / img2img / PNG Info tabs and checkpoint dropdown, in Gradio 6.
+
+Only layout and wiring live here; what each control does is in `modules.ui_handlers`, where every
+generation becomes an API request and runs through `modules.api.generation` (the one path to
+`processing.process_images`). `webui.create_app()` calls :func:`mount` last, after the
+`/sdapi/v1` routes exist, because routes added after a Gradio mount at "/" are shadowed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+
+from modules import errors, shared, ui_handlers as h  # noqa: E402
+
+GENERATION_CONCURRENCY = 16  # jobs then wait in call_queue's FIFO, where the progress line sees them
+PROGRESS_INTERVAL_S = 0.5
+
+CSS = """
+.serena-progress { position: relative; height: 1.6em; border-radius: 6px; overflow: hidden;
+                   background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
+.serena-progress-bar { position: absolute; inset: 0 auto 0 0; background: var(--color-accent-soft);
+                       transition: width 0.3s; }
+.serena-progress-text { position: relative; padding-left: 0.6em; font-size: 0.9em; line-height: 1.6em; }
+.serena-tool { min-width: 2.6em !important; max-width: 2.6em !important; }
+#serena-checkpoint-row { align-items: end; }
+"""
+
+
+@dataclass
+class GenerationTab:
+    """The components of one generation tab, by request-field name, plus its outputs."""
+
+    kind: str
+    fields: dict[str, gr.components.Component] = field(default_factory=dict)
+    generate: gr.Button | None = None
+    interrupt: gr.Button | None = None
+    skip: gr.Button | None = None
+    gallery: gr.Gallery | None = None
+    infotext: gr.Textbox | None = None
+    status: gr.HTML | None = None
+    progress: gr.HTML | None = None
+
+
+# --- choices (read when the page is built) -------------------------------------------------------------
+def sampler_names() -> list[str]:
+    from modules import sd_samplers
+    return sd_samplers.visible_sampler_names()
+
+
+def scheduler_labels() -> list[str]:
+    from modules import sd_schedulers
+    return [s.label for s in sd_schedulers.schedulers]
+
+
+def hires_upscaler_names() -> list[str]:
+    """Latent modes first, then the pixel upscalers, as A1111's hires fix lists them."""
+    from modules import upscaling
+    return [*upscaling.latent_upscale_modes, *(u.name for u in upscaling.sd_upscalers)]
+
+
+def style_names() -> list[str]:
+    styles = shared.prompt_styles
+    return list(styles.styles) if styles is not None else []
+
+
+def _default(choices: list[str], wanted: str) -> str | None:
+    return wanted if wanted in choices else (choices[0] if choices else None)
+
+
+# --- building blocks of a generation tab ----------------------------------------------------------------
+def _prompt_row(tab: GenerationTab) -> None:
+    """Prompts on the left; Generate / Interrupt / Skip and styles on the right (A1111's top row)."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=6):
+            tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab.kind}_prompt")
+            tab.fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2,
+                                                       elem_id=f"{tab.kind}_neg_prompt")
+        with gr.Column(scale=2, min_width=220):
+            tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{tab.kind}_generate")
+            with gr.Row():
+                tab.interrupt = gr.Button("Interrupt", variant="stop", size="sm", elem_id=f"{tab.kind}_interrupt")
+                tab.skip = gr.Button("Skip", size="sm", elem_id=f"{tab.kind}_skip")
+            tab.fields["styles"] = gr.Dropdown(style_names(), value=[], multiselect=True, label="Styles",
+                                               elem_id=f"{tab.kind}_styles")
+
+
+def _sampling_fields(tab: GenerationTab) -> None:
+    samplers, schedulers = sampler_names(), scheduler_labels()
+    with gr.Row():
+        tab.fields["sampler_name"] = gr.Dropdown(samplers, value=_default(samplers, "DPM++ 2M"),
+                                                 label="Sampling method", elem_id=f"{tab.kind}_sampling")
+        tab.fields["scheduler"] = gr.Dropdown(schedulers, value=_default(schedulers, "Automatic"),
+                                              label="Schedule type", elem_id=f"{tab.kind}_scheduler")
+        tab.fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab.kind}_steps")
+
+
+def _size_and_batch_fields(tab: GenerationTab) -> None:
+    with gr.Row():
+        with gr.Column(scale=3):
+            tab.fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab.kind}_width")
+            tab.fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab.kind}_height")
+        with gr.Column(scale=2):
+            tab.fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab.kind}_batch_count")
+            tab.fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab.kind}_batch_size")
+    tab.fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab.kind}_cfg_scale")
+
+
+def _seed_row(tab: GenerationTab) -> tuple[gr.Button, gr.Button]:
+    """Seed box with 🎲 (random: -1) and ♻️ (reuse the shown image's seed) buttons."""
+    with gr.Row(equal_height=True):
+        tab.fields["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tab.kind}_seed", scale=6)
+        random_seed = gr.Button("🎲", elem_classes="serena-tool", elem_id=f"{tab.kind}_random_seed", scale=0)
+        reuse_seed = gr.Button("♻️", elem_classes="serena-tool", elem_id=f"{tab.kind}_reuse_seed", scale=0)
+    return random_seed, reuse_seed
+
+
+def _hires_fields(tab: GenerationTab) -> None:
+    upscalers = hires_upscaler_names()
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr"):
+        tab.fields["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id="txt2img_enable_hr")
+        with gr.Row():
+            tab.fields["hr_upscaler"] = gr.Dropdown(upscalers, value=_default(upscalers, "Latent"), label="Upscaler",
+                                                    elem_id="txt2img_hr_upscaler")
+            tab.fields["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                           elem_id="txt2img_hires_steps")
+            tab.fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                                         elem_id="txt2img_denoising_strength")
+        with gr.Row():
+            tab.fields["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                               elem_id="txt2img_hr_scale")
+            tab.fields["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to",
+                                                  elem_id="txt2img_hr_resize_x")
+            tab.fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                                  elem_id="txt2img_hr_resize_y")
+
+
+def _img2img_inputs(tab: GenerationTab) -> None:
+    """Init image, resize mode, denoising, and the inpaint accordion (mask upload and its options)."""
+    tab.fields["init_image"] = gr.Image(type="pil", image_mode="RGB", label="Image for img2img",
+                                        sources=["upload", "clipboard"], height=360, elem_id="img2img_image")
+    with gr.Accordion("Inpaint (optional mask)", open=False, elem_id="img2img_inpaint"):
+        tab.fields["mask"] = gr.Image(type="pil", image_mode="L", label="Mask (white = area to repaint)",
+                                      sources=["upload", "clipboard"], height=240, elem_id="img2img_mask")
+        tab.fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
+        tab.fields["inpainting_mask_invert"] = gr.Radio(list(h.MASK_MODES), value=h.MASK_MODES[0], type="index",
+                                                        label="Mask mode", elem_id="img2img_mask_mode")
+        tab.fields["inpainting_fill"] = gr.Radio(list(h.MASKED_CONTENT), value="original", type="index",
+                                                 label="Masked content", elem_id="img2img_inpainting_fill")
+        with gr.Row():
+            tab.fields["inpaint_full_res"] = gr.Radio(list(h.INPAINT_AREAS), value=h.INPAINT_AREAS[0], type="index",
+                                                      label="Inpaint area", elem_id="img2img_inpaint_full_res")
+            tab.fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
+                                                               label="Only masked padding, pixels",
+                                                               elem_id="img2img_inpaint_full_res_padding")
+    tab.fields["resize_mode"] = gr.Radio(list(h.RESIZE_MODES), value=h.RESIZE_MODES[0], type="index",
+                                         label="Resize mode", elem_id="img2img_resize_mode")
+
+
+def _output_panel(tab: GenerationTab) -> None:
+    tab.progress = gr.HTML("", elem_id=f"{tab.kind}_progress", js_on_load=None)
+    tab.gallery = gr.Gallery(label="Output", format="png", columns=2, height=520, object_fit="contain",
+                             interactive=False, elem_id=f"{tab.kind}_gallery")
+    tab.infotext = gr.Textbox(label="Generation info", lines=4, interactive=False, buttons=["copy"],
+                              elem_id=f"{tab.kind}_infotext")
+    tab.status = gr.HTML("", elem_id=f"{tab.kind}_status", js_on_load=None)
+
+
+# --- wiring -------------------------------------------------------------------------------------------------
+def _wire_generation(tab: GenerationTab, handler: Callable[..., Any], field_order: tuple[str, ...]) -> None:
+    """Generate: new task id + start the progress timer → run the job → stop the timer.
+
+    The job event may run several at once; they then wait in call_queue's FIFO, so the progress
+    line can show their position. Interrupt and Skip bypass Gradio's queue.
+    """
+    task_id = gr.State(None)
+    infotexts = gr.State([])
+    timer = gr.Timer(PROGRESS_INTERVAL_S, active=False)
+    inputs = [task_id, *(tab.fields[name] for name in field_order)]
+    outputs = [tab.gallery, tab.infotext, infotexts, tab.status]
+
+    def begin() -> tuple[str, gr.Timer, str]:
+        return h.new_task_id(tab.kind), gr.Timer(active=True), ""
+
+    def finish() -> tuple[gr.Timer, str]:
+        return gr.Timer(active=False), ""
+
+    started = tab.generate.click(begin, outputs=[task_id, timer, tab.progress], queue=False, show_progress="hidden")
+    job = started.then(handler, inputs=inputs, outputs=outputs, concurrency_id="generate",
+                       concurrency_limit=GENERATION_CONCURRENCY, show_progress="minimal", api_name=tab.kind)
+    job.then(finish, outputs=[timer, tab.progress], queue=False, show_progress="hidden")
+    timer.tick(h.progress_html, inputs=task_id, outputs=tab.progress, queue=False, show_progress="hidden")
+    tab.interrupt.click(h.interrupt, queue=False, show_progress="hidden")
+    tab.skip.click(h.skip, queue=False, show_progress="hidden")
+    tab.gallery.select(h.select_infotext, inputs=infotexts, outputs=tab.infotext, queue=False,
+                       show_progress="hidden")
+
+
+def _wire_seed(tab: GenerationTab, random_seed: gr.Button, reuse_seed: gr.Button) -> None:
+    random_seed.click(lambda: -1, outputs=tab.fields["seed"], queue=False, show_progress="hidden")
+    reuse_seed.click(h.seed_from_infotext, inputs=tab.infotext, outputs=tab.fields["seed"], queue=False,
+                     show_progress="hidden")
+
+
+# --- tabs ---------------------------------------------------------------------------------------------------
+def txt2img_tab() -> GenerationTab:
+    tab = GenerationTab("txt2img")
+    _prompt_row(tab)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            _sampling_fields(tab)
+            _size_and_batch_fields(tab)
+            seed_buttons = _seed_row(tab)
+            _hires_fields(tab)
+        with gr.Column(scale=1):
+            _output_panel(tab)
+    _wire_generation(tab, h.txt2img, h.TXT2IMG_FIELDS)
+    _wire_seed(tab, *seed_buttons)
+    return tab
+
+
+def img2img_tab() -> GenerationTab:
+    tab = GenerationTab("img2img")
+    _prompt_row(tab)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            _img2img_inputs(tab)
+            _sampling_fields(tab)
+            _size_and_batch_fields(tab)
+            tab.fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                         elem_id="img2img_denoising_strength")
+            seed_buttons = _seed_row(tab)
+        with gr.Column(scale=1):
+            _output_panel(tab)
+    _wire_generation(tab, h.img2img, h.IMG2IMG_FIELDS)
+    _wire_seed(tab, *seed_buttons)
+    return tab
+
+
+def png_info_tab(tabs: gr.Tabs, targets: list[GenerationTab]) -> None:
+    """Upload an image, read its parameters; "Send to …" pastes them into a generation tab."""
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            image = gr.Image(type="pil", image_mode=None, label="Source", sources=["upload", "clipboard"],
+                             height=480, elem_id="pnginfo_image")
+        with gr.Column():
+            text = gr.Textbox(label="Parameters", lines=8, interactive=False, buttons=["copy"],
+                              elem_id="pnginfo_generation_info")
+            with gr.Row():
+                send = {tab.kind: gr.Button(f"Send to {tab.kind}", size="sm", elem_id=f"pnginfo_send_{tab.kind}")
+                        for tab in targets}
+            parsed = gr.JSON(label="Parsed parameters", open=True, elem_id="pnginfo_parsed")
+    image.change(h.png_info, inputs=image, outputs=[text, parsed], show_progress="hidden")
+    for tab in targets:
+        _wire_paste(send[tab.kind], text, tab, tabs)
+
+
+def _wire_paste(button: gr.Button, text: gr.Textbox, tab: GenerationTab, tabs: gr.Tabs) -> None:
+    """Fill `tab`'s fields from the infotext in `text` and switch to that tab."""
+    names = [name for name in tab.fields if name not in ("init_image", "mask")]
+
+    def paste(infotext: str) -> list[Any]:
+        return [*h.paste_infotext(infotext, names), gr.Tabs(selected=tab.kind)]
+
+    button.click(paste, inputs=text, outputs=[*(tab.fields[n] for n in names), tabs], show_progress="hidden")
+
+
+def checkpoint_row() -> gr.Dropdown:
+    """A1111's "Stable Diffusion checkpoint" dropdown with its 🔄 refresh button."""
+    with gr.Row(elem_id="serena-checkpoint-row"):
+        titles = h.checkpoint_titles()
+        dropdown = gr.Dropdown(titles, value=h.current_checkpoint(), label="Stable Diffusion checkpoint",
+                               allow_custom_value=True, scale=0, min_width=420, elem_id="setting_sd_model_checkpoint")
+        refresh = gr.Button("🔄", elem_classes="serena-tool", scale=0, elem_id="refresh_sd_model_checkpoint")
+    dropdown.input(h.change_checkpoint, inputs=dropdown, outputs=dropdown, concurrency_id="generate",
+                   concurrency_limit=GENERATION_CONCURRENCY, show_progress="full")
+    refresh.click(h.refresh_checkpoints, outputs=dropdown, show_progress="hidden")
+    return dropdown
+
+
+def create_ui() -> gr.Blocks:
+    """Build the whole page; choices (samplers, checkpoints, styles …) are read now."""
+    with gr.Blocks(title="Serena", analytics_enabled=False) as blocks:
+        checkpoint = checkpoint_row()
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img"):
+                txt2img = txt2img_tab()
+            with gr.Tab("img2img", id="img2img"):
+                img2img = img2img_tab()
+            with gr.Tab("PNG Info", id="pnginfo"):
+                png_info_tab(tabs, [txt2img, img2img])
+        blocks.load(h.checkpoint_dropdown, outputs=checkpoint, queue=False, show_progress="hidden")
+    return blocks
+
+
+# --- mounting ------------------------------------------------------------------------------------------------
+def gradio_credentials(cmd_opts: argparse.Namespace) -> list[tuple[str, str]] | None:
+    """`--gradio-auth "u:p,u2:p2"` plus the entries of `--gradio-auth-path` as (user, password) pairs.
+
+    Raises:
+        errors.ConfigError: an entry without a ':'.
+    """
+    entries: list[str] = []
+    if getattr(cmd_opts, "gradio_auth", None):
+        entries += cmd_opts.gradio_auth.split(",")
+    path = getattr(cmd_opts, "gradio_auth_path", None)
+    if path:
+        with open(path, encoding="utf8") as f:
+            entries += [x for line in f for x in line.strip().split(",")]
+    pairs: list[tuple[str, str]] = []
+    for n, entry in enumerate((x.strip() for x in entries), start=1):
+        if not entry:
+            continue
+        if ":" not in entry:  # the entry itself is not echoed: it may be a password
+            raise errors.ConfigError(f"gradio auth entry #{n} must be 'user:password'")
+        user, password = entry.split(":", 1)
+        pairs.append((user, password))
+    return pairs or None
+
+
+def _theme_js(cmd_opts: argparse.Namespace) -> str | None:
+    """A1111's `--theme dark|light`: reload once with Gradio's `__theme` query parameter."""
+    theme = getattr(cmd_opts, "theme", None)
+    if theme not in ("dark", "light"):
+        return None
+    return ("() => { const u = new URL(window.location.href);"
+            f" if (u.searchParams.get('__theme') !== '{theme}') {{ u.searchParams.set('__theme', '{theme}');"
+            " window.location.replace(u.href); } }")
+
+
+def mount(app: FastAPI, cmd_opts: argparse.Namespace | None = None) -> FastAPI:
+    """Mount the UI at "/" on `app` (which already serves `/sdapi/v1`) and return the app.
+
+    Args:
+        app: the FastAPI app from `modules.api.app.build_app`.
+        cmd_opts: flags (`--gradio-auth`, `--gradio-auth-path`, `--theme`); default `shared.cmd_opts`.
+    """
+    cmd_opts = cmd_opts if cmd_opts is not None else shared.cmd_opts
+    blocks = create_ui()
+    blocks.queue(default_concurrency_limit=1)
+    return gr.mount_gradio_app(app, blocks, path="/", auth=gradio_credentials(cmd_opts), ssr_mode=False,
+                               theme=gr.themes.Default(primary_hue="orange"), css=CSS, js=_theme_js(cmd_opts),
+                               show_error=True, footer_links=["api", "gradio"])

@@ -1,0 +1,360 @@
+"""What the browser UI's controls do, kept apart from the layout (`modules.ui`) so tests call them.
+
+Every generation takes the API's road: the UI's values become the API's pydantic request
+(`StableDiffusionTxt2ImgProcessingAPI` / `StableDiffusionImg2ImgProcessingAPI`), and
+`modules.api.generation.run_txt2img` / `run_img2img` queue it behind the one FIFO lock and call
+`processing.process_images`. Domain errors (`errors.SerenaError`) reach the browser as `gr.Error`
+with their message; nothing here prints and swallows.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import gradio as gr
+from PIL import Image
+from pydantic import BaseModel, ValidationError
+
+from modules import call_queue, errors, shared
+from modules.api import models
+
+# Names of the generation inputs, in the order the layout passes their values (after the task id).
+COMMON_FIELDS: tuple[str, ...] = (
+    "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "width", "height",
+    "n_iter", "batch_size", "cfg_scale", "seed",
+)
+TXT2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
+    "enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+    "denoising_strength",
+)
+IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
+    "init_image", "mask", "resize_mode", "denoising_strength", "mask_blur", "inpainting_mask_invert",
+    "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+)
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+MASK_MODES = ("Inpaint masked", "Inpaint not masked")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+INPAINT_AREAS = ("Whole picture", "Only masked")
+
+
+@dataclass
+class GenerationOutput:
+    """What a finished generation shows: gallery images, the infotext of the first real image,
+    every image's infotext (for gallery selection) and a short HTML status line."""
+
+    images: list[Image.Image]
+    infotext: str
+    infotexts: list[str]
+    status_html: str
+
+    def as_tuple(self) -> tuple[list[Image.Image], str, list[str], str]:
+        return self.images, self.infotext, self.infotexts, self.status_html
+
+
+# --- errors ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn domain errors into `gr.Error` (the browser shows the message in a toast)."""
+    try:
+        yield
+    except errors.SerenaError as e:
+        raise gr.Error(e.message) from e
+
+
+def _validated(cls: type[BaseModel], fields: dict[str, Any]) -> Any:
+    """`cls(**fields)`; pydantic's complaints become one readable `gr.Error`."""
+    try:
+        return cls.model_validate(fields)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise gr.Error(f"invalid settings: {problems}") from e
+
+
+# --- UI values → API request ---------------------------------------------------------------------------
+def encode_png(image: Image.Image) -> str:
+    """Base64 PNG of `image`, the form the API models take for `init_images` and `mask`."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _common_fields(values: Mapping[str, Any], task_id: str | None) -> dict[str, Any]:
+    """Request fields both tabs share; the UI saves its samples as A1111's UI does."""
+    return {
+        "prompt": values.get("prompt") or "",
+        "negative_prompt": values.get("negative_prompt") or "",
+        "styles": list(values.get("styles") or []),
+        "sampler_name": values.get("sampler_name"),
+        "scheduler": values.get("scheduler"),
+        "steps": int(values["steps"]),
+        "width": int(values["width"]),
+        "height": int(values["height"]),
+        "n_iter": int(values["n_iter"]),
+        "batch_size": int(values["batch_size"]),
+        "cfg_scale": float(values["cfg_scale"]),
+        "seed": int(values["seed"]) if values.get("seed") is not None else -1,
+        "save_images": True,
+        "force_task_id": task_id,
+    }
+
+
+def txt2img_request(values: Mapping[str, Any], task_id: str | None = None) -> models.StableDiffusionTxt2ImgProcessingAPI:
+    """The API request the txt2img tab's values describe (hires denoising only with hires fix on)."""
+    fields = _common_fields(values, task_id)
+    enable_hr = bool(values.get("enable_hr"))
+    fields.update(enable_hr=enable_hr, hr_upscaler=values.get("hr_upscaler"),
+                  hr_scale=float(values.get("hr_scale") or 2.0),
+                  hr_second_pass_steps=int(values.get("hr_second_pass_steps") or 0),
+                  hr_resize_x=int(values.get("hr_resize_x") or 0), hr_resize_y=int(values.get("hr_resize_y") or 0),
+                  denoising_strength=float(values["denoising_strength"]) if enable_hr else None)
+    return _validated(models.StableDiffusionTxt2ImgProcessingAPI, fields)
+
+
+def img2img_request(values: Mapping[str, Any], task_id: str | None = None) -> models.StableDiffusionImg2ImgProcessingAPI:
+    """The API request the img2img tab's values describe; a mask makes it an inpainting job.
+
+    Raises:
+        gr.Error: no init image.
+    """
+    init_image = values.get("init_image")
+    if init_image is None:
+        raise gr.Error("img2img needs an init image: upload one first")
+    fields = _common_fields(values, task_id)
+    mask = values.get("mask")
+    fields.update(init_images=[encode_png(init_image)], mask=encode_png(mask) if mask is not None else None,
+                  resize_mode=int(values.get("resize_mode") or 0),
+                  denoising_strength=float(values["denoising_strength"]),
+                  mask_blur=int(values.get("mask_blur") or 0),
+                  inpainting_mask_invert=int(values.get("inpainting_mask_invert") or 0),
+                  inpainting_fill=int(values.get("inpainting_fill") or 0),
+                  inpaint_full_res=bool(values.get("inpaint_full_res")),
+                  inpaint_full_res_padding=int(values.get("inpaint_full_res_padding") or 0))
+    return _validated(models.StableDiffusionImg2ImgProcessingAPI, fields)
+
+
+# --- running -------------------------------------------------------------------------------------------
+def new_task_id(kind: str) -> str:
+    """A1111-shaped task id the progress display follows (`task(txt2img-XXXXXXX)`)."""
+    return call_queue.create_task_id(kind)
+
+
+def present(processed: Any, seconds: float) -> GenerationOutput:
+    """Gallery images, infotexts and a status line from a `processing.Processed`."""
+    images = list(processed.images)
+    infotexts = list(processed.infotexts or [])
+    if len(infotexts) != len(images):
+        infotexts = [processed.info] * len(images)
+    first = min(max(int(getattr(processed, "index_of_first_image", 0) or 0), 0), max(len(images) - 1, 0))
+    shown = infotexts[first] if infotexts else ""
+    status = f"<p class='serena-status'>{len(images) - first} image(s) in {seconds:.1f} s</p>"
+    if getattr(processed, "comments", ""):
+        status += f"<p class='serena-comments'>{html.escape(processed.comments)}</p>"
+    return GenerationOutput(images, shown, infotexts, status)
+
+
+def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
+    """Call `generation.run_txt2img` / `run_img2img` and present what it returns."""
+    started = time.perf_counter()
+    with user_errors():
+        processed = run(request)
+    return present(processed, time.perf_counter() - started)
+
+
+def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
+    """Run the txt2img tab's values through `generation.run_txt2img` (the API's path)."""
+    from modules.api import generation
+    return _run(generation.run_txt2img, txt2img_request(values, task_id))
+
+
+def generate_img2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
+    """Run the img2img tab's values through `generation.run_img2img` (the API's path)."""
+    from modules.api import generation
+    return _run(generation.run_img2img, img2img_request(values, task_id))
+
+
+def txt2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
+    """Gradio entry point: values in `TXT2IMG_FIELDS` order."""
+    return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values, strict=True)), task_id).as_tuple()
+
+
+def img2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
+    """Gradio entry point: values in `IMG2IMG_FIELDS` order."""
+    return generate_img2img(dict(zip(IMG2IMG_FIELDS, values, strict=True)), task_id).as_tuple()
+
+
+def select_infotext(infotexts: Sequence[str] | None, evt: gr.SelectData) -> str:
+    """The infotext of the gallery image the user clicked."""
+    if not infotexts or evt.index is None:
+        return ""
+    index = evt.index if isinstance(evt.index, int) else int(evt.index[0])
+    return infotexts[index] if 0 <= index < len(infotexts) else ""
+
+
+def seed_from_infotext(infotext: str | None) -> int:
+    """The seed recorded in the shown infotext, or -1 (the "reuse seed" button)."""
+    from modules import infotext_utils
+    if not infotext:
+        return -1
+    try:
+        return int(infotext_utils.parse_generation_parameters(infotext).get("Seed", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
+# --- progress and cancellation ---------------------------------------------------------------------------
+def _bar(fraction: float, text: str) -> str:
+    percent = max(0.0, min(fraction, 1.0)) * 100
+    return (f"<div class='serena-progress'><div class='serena-progress-bar' style='width:{percent:.0f}%'></div>"
+            f"<span class='serena-progress-text'>{html.escape(text)}</span></div>")
+
+
+def _running_text(state: Any) -> tuple[float, str]:
+    """Fraction done and a one-line description of the running job, from `shared.state`."""
+    fraction = state.progress()
+    parts = [f"{fraction * 100:.0f}%"]
+    if state.sampling_steps:
+        parts.append(f"step {state.sampling_step}/{state.sampling_steps}")
+    if state.job_count > 1:
+        parts.append(f"batch {min(state.job_no + 1, state.job_count)}/{state.job_count}")
+    if state.time_start and fraction > 0.02:
+        elapsed = time.time() - state.time_start
+        parts.append(f"ETA {max(elapsed / fraction - elapsed, 0):.0f} s")
+    if state.interrupted:
+        parts.append("interrupting…")
+    return fraction, ", ".join(parts)
+
+
+def progress_html(task_id: str | None) -> str:
+    """The progress line for `task_id`: its queue position while it waits, then `shared.state`."""
+    if not task_id:
+        return ""
+    active, queued, _completed = call_queue.task_status(task_id)
+    if queued:
+        position = call_queue.queue_position(task_id) or 0
+        return _bar(0.0, f"Waiting in queue ({position} job(s) ahead)")
+    if active:
+        return _bar(*_running_text(shared.state))
+    return ""  # not started, finished or failed: a late tick must not leave a stale line behind
+
+
+def interrupt() -> None:
+    """Stop the running job after the current step; what was made so far is kept."""
+    shared.state.interrupt()
+
+
+def skip() -> None:
+    """Skip the rest of the current batch."""
+    shared.state.skip()
+
+
+# --- checkpoint -----------------------------------------------------------------------------------------------
+def checkpoint_titles() -> list[str]:
+    """Titles of the known checkpoints (`name.safetensors [hash]`), A1111's dropdown entries."""
+    from modules import sd_models
+    return sd_models.checkpoint_tiles()
+
+
+def current_checkpoint() -> str | None:
+    """The title of the loaded checkpoint, else what the option names."""
+    from modules import sd_models
+    model = sd_models.model_data.sd_model
+    info = getattr(model, "sd_checkpoint_info", None) if model is not None else None
+    if info is not None:
+        return info.title
+    wanted = shared.opts.sd_model_checkpoint
+    found = sd_models.get_closet_checkpoint_match(wanted) if wanted else None
+    return found.title if found is not None else wanted
+
+
+def _config_file() -> str:
+    return getattr(shared.cmd_opts, "ui_settings_file", None) or shared.data_paths.config_file
+
+
+def change_checkpoint(title: str) -> Any:
+    """Set option `sd_model_checkpoint` (its hook loads the model) between jobs, and save config.json.
+
+    On failure the previous model stays loaded: a warning toast says why and the dropdown goes
+    back to the current checkpoint.
+    """
+    try:
+        with call_queue.queue_lock:  # never swap a model in the middle of a job
+            shared.opts.set("sd_model_checkpoint", title)
+        shared.opts.save(_config_file())
+    except errors.SerenaError as e:
+        gr.Warning(f"Checkpoint not changed: {e.message}")
+        return gr.update(value=current_checkpoint())
+    return gr.update(value=current_checkpoint())
+
+
+def checkpoint_dropdown() -> Any:
+    """The dropdown's choices and value now (page load: the API may have switched the model)."""
+    return gr.update(choices=checkpoint_titles(), value=current_checkpoint())
+
+
+def refresh_checkpoints() -> Any:
+    """Rescan the model folders, then refresh the dropdown."""
+    from modules import sd_models
+    sd_models.list_models()
+    return checkpoint_dropdown()
+
+
+# --- PNG Info --------------------------------------------------------------------------------------------------
+def png_info(image: Image.Image | None) -> tuple[str, dict[str, Any]]:
+    """The infotext an image carries and its parsed parameters (empty when it carries none)."""
+    from modules import infotext_utils
+    if image is None:
+        return "", {}
+    text, items = infotext_utils.read_info_from_image(image)
+    if not text:
+        other = {k: v for k, v in items.items() if isinstance(v, str)}
+        return "", other
+    return text, infotext_utils.parse_generation_parameters(text)
+
+
+# --- "Send to txt2img / img2img" (paste an infotext into a tab) ----------------------------------------------
+_PASTED_FIELDS: dict[str, tuple[str, type]] = {
+    "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
+    "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
+    "Denoising strength": ("denoising_strength", float), "Hires upscale": ("hr_scale", float),
+    "Hires upscaler": ("hr_upscaler", str), "Hires steps": ("hr_second_pass_steps", int),
+    "Hires resize-1": ("hr_resize_x", int), "Hires resize-2": ("hr_resize_y", int),
+}
+
+
+def _cast(value: Any, kind: type) -> Any:
+    return int(float(value)) if kind is int else kind(value)
+
+
+def fields_from_infotext(text: str | None) -> dict[str, Any]:
+    """Tab values an infotext describes (A1111's paste): prompts, sampling, size, seed, hires fix.
+
+    Values that do not parse, and a sampler or scheduler Serena does not know, are left out.
+    """
+    from modules import infotext_utils, sd_samplers
+    if not text:
+        return {}
+    params = infotext_utils.parse_generation_parameters(text)
+    values: dict[str, Any] = {}
+    for label, (name, kind) in _PASTED_FIELDS.items():
+        if label in params:
+            with contextlib.suppress(TypeError, ValueError):
+                values[name] = _cast(params[label], kind)
+    with contextlib.suppress(errors.SerenaError):
+        values["sampler_name"], values["scheduler"] = sd_samplers.get_sampler_and_scheduler(
+            params.get("Sampler"), params.get("Schedule type"))
+    values["enable_hr"] = "Hires upscale" in params or "Hires upscaler" in params
+    return values
+
+
+def paste_infotext(text: str | None, field_order: Sequence[str]) -> list[Any]:
+    """One output per name of `field_order`: the pasted value, or "no change"."""
+    values = fields_from_infotext(text)
+    if "enable_hr" in field_order and not values.get("enable_hr"):
+        values.pop("denoising_strength", None)  # txt2img's denoising slider belongs to hires fix
+    return [values[name] if name in values else gr.update() for name in field_order]

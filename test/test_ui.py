@@ -1,0 +1,229 @@
+"""The Gradio UI: mounting beside `/sdapi/v1`, and the handlers behind its buttons.
+
+Handlers are called directly with the values the page would send; generation runs on the demo
+checkpoint (64×64, 2 steps) through the API's path (`modules.api.generation`).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import gradio as gr
+import pytest
+from PIL import Image, PngImagePlugin
+
+from modules import call_queue, ui_handlers as h
+
+SMALL = {"width": 64, "height": 64, "steps": 2}
+
+
+def txt2img_values(**changes: Any) -> dict[str, Any]:
+    """The txt2img tab's default values (as the page sends them), made small."""
+    values = {
+        "prompt": "a red apple", "negative_prompt": "", "styles": [], "sampler_name": "Euler",
+        "scheduler": "Automatic", "steps": 20, "width": 512, "height": 512, "n_iter": 1, "batch_size": 1,
+        "cfg_scale": 7.0, "seed": 1234, "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 2.0,
+        "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "denoising_strength": 0.7,
+    }
+    values.update(SMALL)
+    values.update(changes)
+    return values
+
+
+def img2img_values(**changes: Any) -> dict[str, Any]:
+    """The img2img tab's values with a 64×64 init image and no mask."""
+    values = {key: value for key, value in txt2img_values().items() if key in h.IMG2IMG_FIELDS}
+    values.update(init_image=Image.new("RGB", (64, 64), (200, 40, 40)), mask=None, resize_mode=0,
+                  denoising_strength=0.75, mask_blur=4, inpainting_mask_invert=0, inpainting_fill=1,
+                  inpaint_full_res=0, inpaint_full_res_padding=32)
+    values.update(changes)
+    return values
+
+
+def gallery_png(image: Image.Image) -> Image.Image:
+    """What the browser receives for `image`: the UI gallery's own postprocessing (PNG file)."""
+    data = gr.Gallery(format="png").postprocess([image])
+    path = data.root[0].image.path
+    with open(path, "rb") as f:
+        return Image.open(io.BytesIO(f.read()))
+
+
+# --- mounting -------------------------------------------------------------------------------------------
+def test_mount_serves_page_and_keeps_api_routes(serena):
+    from fastapi.testclient import TestClient
+
+    from modules import ui
+    from modules.api.app import build_app
+
+    app = ui.mount(build_app(serena.cmd_opts))
+    with TestClient(app) as client:
+        page = client.get("/")
+        samplers = client.get("/sdapi/v1/samplers")
+        config = client.get("/config")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    assert samplers.status_code == 200
+    assert "Euler" in [s["name"] for s in samplers.json()]
+    assert config.status_code == 200
+    labels = {c.get("props", {}).get("label") for c in config.json()["components"]}
+    assert {"Prompt", "Stable Diffusion checkpoint", "Sampling method", "Schedule type", "Output"} <= labels
+
+
+def test_create_ui_defaults_follow_a1111(serena):
+    from modules import ui
+    blocks = ui.create_ui()
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    assert by_id["txt2img_steps"].value == 20
+    assert by_id["txt2img_sampling"].value == "DPM++ 2M"
+    assert by_id["txt2img_scheduler"].value == "Automatic"
+    assert (by_id["txt2img_width"].value, by_id["txt2img_height"].value) == (512, 512)
+    assert by_id["txt2img_cfg_scale"].value == 7.0
+    assert by_id["img2img_inpaint_full_res"].value == "Whole picture"
+    assert by_id["txt2img_gallery"].format == "png"
+    assert "Latent" in by_id["txt2img_hr_upscaler"].choices[0]
+
+
+# --- generation -----------------------------------------------------------------------------------------
+def test_txt2img_handler_returns_png_images_with_infotext(serena):
+    values = txt2img_values()
+    images, infotext, infotexts, status = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS))
+    assert len(images) == 1 and images[0].size == (64, 64)
+    assert infotext.startswith("a red apple\n") and "Steps: 2" in infotext and "Seed: 1234" in infotext
+    assert infotexts == [infotext]
+    assert "1 image(s)" in status
+    sent = gallery_png(images[0])
+    assert sent.format == "PNG"
+    assert sent.info["parameters"] == infotext
+
+
+def test_txt2img_batch_shows_first_real_image_infotext(serena):
+    out = h.generate_txt2img(txt2img_values(batch_size=2, seed=77))
+    seeds = [h.seed_from_infotext(text) for text in out.infotexts]
+    assert 77 in seeds and 78 in seeds
+    assert out.infotext in out.infotexts
+
+
+def test_img2img_handler_inpaints_with_mask(serena):
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    out = h.generate_img2img(img2img_values(mask=mask))
+    assert len(out.images) == 1 and out.images[0].size == (64, 64)
+    assert "Denoising strength: 0.75" in out.infotext and "Mask blur: 4" in out.infotext
+
+
+def test_domain_error_becomes_gr_error(serena):
+    with pytest.raises(gr.Error, match="unknown sampler"):
+        h.generate_txt2img(txt2img_values(sampler_name="No Such Sampler"))
+
+
+def test_invalid_values_become_gr_error_before_queueing():
+    with pytest.raises(gr.Error, match="batch_size"):
+        h.txt2img_request(txt2img_values(batch_size=0))
+    with pytest.raises(gr.Error, match="init image"):
+        h.img2img_request(img2img_values(init_image=None))
+
+
+def test_requests_match_the_api_fields():
+    req = h.txt2img_request(txt2img_values(), task_id="task(txt2img-TEST000)")
+    assert req.save_images is True and req.force_task_id == "task(txt2img-TEST000)"
+    assert req.enable_hr is False and req.denoising_strength is None
+    assert h.txt2img_request(txt2img_values(enable_hr=True)).denoising_strength == 0.7
+    req = h.img2img_request(img2img_values(inpaint_full_res=1, inpainting_mask_invert=1))
+    assert req.inpaint_full_res is True and req.inpainting_mask_invert == 1 and req.mask is None
+    assert req.init_images and Image.open(io.BytesIO(__import__("base64").b64decode(req.init_images[0]))).size == (64, 64)
+
+
+# --- progress and cancellation ---------------------------------------------------------------------------
+def test_interrupt_and_skip_set_state(clean_state):
+    h.interrupt()
+    h.skip()
+    assert clean_state.interrupted and clean_state.skipped
+
+
+def test_progress_shows_queue_position_then_state(clean_state):
+    task_id = h.new_task_id("txt2img")
+    assert h.progress_html(None) == ""
+    call_queue.add_task_to_queue(task_id)
+    try:
+        assert "Waiting in queue" in h.progress_html(task_id)
+        call_queue.start_task(task_id)
+        clean_state.begin("txt2img", task_id)
+        clean_state.job_count, clean_state.sampling_steps, clean_state.sampling_step = 1, 4, 2
+        assert "step 2/4" in h.progress_html(task_id)
+    finally:
+        call_queue.finish_task(task_id)
+    assert h.progress_html(task_id) == ""  # a late tick after the job clears the line
+
+
+# --- PNG Info and checkpoint -----------------------------------------------------------------------------
+def test_png_info_reads_and_parses_parameters():
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x64")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    text, parsed = h.png_info(Image.open(io.BytesIO(buffer.getvalue())))
+    assert text.startswith("a cat")
+    assert parsed["Prompt"] == "a cat" and parsed["Negative prompt"] == "dog" and parsed["Steps"] == "3"
+    assert h.png_info(None) == ("", {})
+
+
+def test_unknown_checkpoint_warns_and_keeps_current(serena):
+    before = h.current_checkpoint()
+    assert before in h.checkpoint_titles()
+    with pytest.warns(UserWarning, match="not found"):
+        update = h.change_checkpoint("no-such-model.safetensors")
+    assert update["value"] == before
+    assert serena.sd_model.sd_checkpoint_info.title == before
+
+
+def test_changing_to_current_checkpoint_is_a_no_op(serena):
+    title = h.current_checkpoint()
+    assert h.change_checkpoint(title)["value"] == title
+
+
+def test_paste_infotext_fills_tab_fields(serena):
+    text = ("a cat\nNegative prompt: dog\nSteps: 3, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 42, "
+            "Size: 96x64, Denoising strength: 0.4, Hires upscale: 1.5, Hires upscaler: Latent")
+    values = h.fields_from_infotext(text)
+    assert values["prompt"] == "a cat" and values["negative_prompt"] == "dog"
+    assert (values["steps"], values["cfg_scale"], values["seed"]) == (3, 5.5, 42)
+    assert (values["width"], values["height"]) == (96, 64)
+    assert (values["sampler_name"], values["scheduler"]) == ("DPM++ 2M", "Automatic")
+    assert values["enable_hr"] is True and values["hr_scale"] == 1.5 and values["denoising_strength"] == 0.4
+    pasted = h.paste_infotext("a dog\nSteps: 4, Sampler: Euler, Seed: 1, Size: 64x64, Denoising strength: 0.3",
+                              h.TXT2IMG_FIELDS)
+    by_name = dict(zip(h.TXT2IMG_FIELDS, pasted))
+    assert by_name["prompt"] == "a dog" and by_name["enable_hr"] is False
+    assert by_name["denoising_strength"] == gr.update()  # txt2img's slider is the hires one
+
+
+def test_img2img_handler_without_mask(serena):
+    out = h.generate_img2img(img2img_values(denoising_strength=0.5))
+    assert len(out.images) == 1 and out.images[0].size == (64, 64)
+    assert "Denoising strength: 0.5" in out.infotext
+
+
+def test_refresh_lists_checkpoints_and_keeps_current(serena):
+    update = h.refresh_checkpoints()
+    assert update["value"] == h.current_checkpoint() and update["value"] in update["choices"]
+
+
+def test_gallery_selection_and_seed_reuse():
+    infotexts = ["a\nSteps: 2, Seed: 10, Size: 64x64", "a\nSteps: 2, Seed: 11, Size: 64x64"]
+    chosen = h.select_infotext(infotexts, gr.SelectData(None, {"index": 1, "value": None}))
+    assert h.seed_from_infotext(chosen) == 11
+    assert h.select_infotext([], gr.SelectData(None, {"index": 0, "value": None})) == ""
+    assert h.seed_from_infotext("") == -1
+
+
+def test_gradio_credentials_and_theme(tmp_path):
+    import argparse
+
+    from modules import errors, ui
+    auth_file = tmp_path / "auth.txt"
+    auth_file.write_text("carol:c:3\n")
+    opts = argparse.Namespace(gradio_auth="alice:a1, bob:b2", gradio_auth_path=str(auth_file), theme="dark")
+    assert ui.gradio_credentials(opts) == [("alice", "a1"), ("bob", "b2"), ("carol", "c:3")]
+    assert "__theme" in ui._theme_js(opts)
+    assert ui.gradio_credentials(argparse.Namespace()) is None and ui._theme_js(argparse.Namespace()) is None
+    with pytest.raises(errors.ConfigError, match="#1"):
+        ui.gradio_credentials(argparse.Namespace(gradio_auth="secretwithoutcolon"))
