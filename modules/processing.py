@@ -534,8 +534,12 @@ def decode_first_stage(model: Any, latent: torch.Tensor) -> torch.Tensor:
 
 def decode_latent_batch(model: Any, batch: torch.Tensor, target_device: torch.device | None = None,
                         check_for_nans: bool = False) -> list[torch.Tensor]:
-    """Decode image by image, so an image of a batch decodes exactly as it would alone."""
+    """Decode image by image, so an image of a batch decodes exactly as it would alone.
+
+    `check_for_nans` raises on a NaN result unless `--disable-nan-check` is given (A1111's flag).
+    """
     decoded = []
+    check_for_nans = check_for_nans and not getattr(shared.cmd_opts, "disable_nan_check", False)
     for i in range(batch.shape[0]):
         image = decode_first_stage(model, batch[i:i + 1])[0]
         if check_for_nans and torch.isnan(image).any():

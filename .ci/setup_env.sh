@@ -1,0 +1,18 @@
+# Sourced by webui.sh and run_tests.sh: create venv/ when missing and install the pinned
+# requirements file given as $1 when it changed since the last install. Sets SERENA_PYTHON.
+# Only Python 3.10+ is needed beforehand; override the interpreter with $python_cmd.
+req_file="$1"
+py="${python_cmd:-python3}"
+if [ ! -x venv/bin/python ]; then
+  echo "Creating venv/ with $($py --version 2>&1)"
+  "$py" -m venv venv
+fi
+stamp="venv/.serena-installed-$(basename "$req_file")"
+want="$(cat requirements.txt "$req_file" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "Installing pinned requirements from $req_file"
+  venv/bin/python -m pip install --disable-pip-version-check -q -r "$req_file"
+  echo "$want" > "$stamp"
+fi
+SERENA_PYTHON="$PWD/venv/bin/python"
+export SERENA_PYTHON

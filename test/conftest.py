@@ -1,0 +1,45 @@
+"""Test-wide set-up: offline hub, pinned thread count, and an initialised runtime on demand.
+
+The thread count is pinned because float results depend on it (golden images compare bytes).
+`serena` (session fixture) initialises Serena exactly as `webui.initialize()` does for a script
+author, in a temporary data folder holding the generated demo checkpoint.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("IGNORE_CMD_ARGS_ERRORS", "")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TORCH_THREADS = 1
+torch.set_num_threads(TORCH_THREADS)
+
+TEST_FLAGS = ["--use-cpu", "all", "--no-half"]
+
+
+@pytest.fixture(scope="session")
+def serena_data_dir(tmp_path_factory) -> str:
+    """A data folder (config.json, models/, outputs/) private to this test session."""
+    return str(tmp_path_factory.mktemp("serena-data"))
+
+
+@pytest.fixture(scope="session")
+def serena(serena_data_dir):
+    """Serena initialised in-process on the demo checkpoint; yields `modules.shared`."""
+    import webui
+    from modules import cmd_args, shared
+    webui.initialize(cmd_args.parse(["--data-dir", serena_data_dir, *TEST_FLAGS], environ={}))
+    yield shared
+
+
+@pytest.fixture()
+def clean_state(serena):
+    """Reset progress/cancellation flags around a test that interrupts or skips."""
+    serena.state.reset()
+    yield serena.state
+    serena.state.reset()

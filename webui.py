@@ -1,0 +1,93 @@
+"""Composition root: `initialize()` builds the runtime for in-process use; `start()` serves it.
+
+`initialize()` is what a test or a script author calls before building a
+`StableDiffusionProcessingTxt2Img` and calling `process_images` in a plain Python process (as
+A1111's own test setup does). Importing this module does nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from modules import cmd_args, paths, shared
+
+log = logging.getLogger("serena")
+
+
+def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool | None = None) -> None:
+    """Prepare options, devices, checkpoints, scripts and (unless told not to) the default model.
+
+    Args:
+        cmd_opts: parsed flags; defaults to `cmd_args.defaults()` (no flags given).
+        load_model: load the selected checkpoint now; defaults to `not --skip-load-model-at-start`.
+    """
+    from modules import demo_checkpoint, devices, scripts, sd_models, styles
+
+    shared.cmd_opts = cmd_opts if cmd_opts is not None else cmd_args.defaults()
+    shared.data_paths = paths.data_paths(shared.cmd_opts.data_dir, shared.cmd_opts.models_dir)
+    shared.opts.frozen = False
+    shared.opts.data.clear()
+    shared.opts.load(config_file())
+    shared.opts.frozen = bool(shared.cmd_opts.freeze_settings)
+    devices.setup(shared.cmd_opts)
+    shared.prompt_styles = styles.StyleDatabase(shared.cmd_opts.styles_file or [shared.data_paths.styles_file])
+    sd_models.setup_option_hooks(shared.opts)
+
+    sd_models.list_models()
+    if not sd_models.checkpoints_list:
+        demo_checkpoint.ensure_demo_checkpoint(shared.data_paths.sd_model_dir)  # says its weights are random
+        sd_models.list_models()
+
+    scripts.load_scripts(script_folders())
+    if load_model if load_model is not None else not shared.cmd_opts.skip_load_model_at_start:
+        sd_models.load_model()
+
+
+def config_file() -> str:
+    return shared.cmd_opts.ui_settings_file or shared.data_paths.config_file
+
+
+def script_folders() -> list[str]:
+    """`scripts/` of the install, then each enabled extension's `scripts/`, in sorted order."""
+    folders = [os.path.join(paths.script_path, "scripts")]
+    if shared.cmd_opts.disable_all_extensions or shared.opts.disable_all_extensions == "all":
+        return folders
+    ext_root = os.path.join(shared.data_paths.data_path, "extensions")
+    if os.path.isdir(ext_root):
+        disabled = set(shared.opts.disabled_extensions or [])
+        for name in sorted(os.listdir(ext_root)):
+            folder = os.path.join(ext_root, name, "scripts")
+            if name not in disabled and os.path.isdir(folder):
+                folders.append(folder)
+    return folders
+
+
+def server_address(cmd_opts: argparse.Namespace) -> tuple[str, int]:
+    """Host and port as A1111 chooses them, except that Serena binds loopback unless told otherwise."""
+    host = cmd_opts.server_name or ("0.0.0.0" if cmd_opts.listen else "127.0.0.1")
+    port = cmd_opts.port or (7861 if cmd_opts.nowebui else 7860)
+    return host, port
+
+
+def create_app():
+    """The one FastAPI app: `/sdapi/v1` routes first, then the Gradio UI mounted at `/`."""
+    from modules.api.app import build_app
+    app = build_app(shared.cmd_opts)
+    if not shared.cmd_opts.nowebui:
+        try:
+            from modules import ui
+        except ImportError:
+            ui = None
+        if ui is not None:
+            app = ui.mount(app)
+    return app
+
+
+def start(cmd_opts: argparse.Namespace) -> None:
+    """Initialise, build the app and serve it with uvicorn until interrupted."""
+    from modules.api.app import serve
+    initialize(cmd_opts)
+    host, port = server_address(cmd_opts)
+    print(f"Serena: serving on http://{host}:{port} (API docs at /docs)")
+    serve(create_app(), host=host, port=port)
