@@ -1,8 +1,9 @@
 """A1111's generation surface (spec §2): the processing dataclasses, `Processed`, `process_images`.
 
 `process_images(p)` validates the request, fires `before_process`, makes the job's
-`override_settings` effective for this context only, and calls `process_images_inner(p)` at one
-call site (the lead routes it through `modules.runtime.runner`). `process_images_inner` reads as
+`override_settings` effective for this context only, and hands `p` to the execution surface,
+`ProcessingRunner().run(ProcessingRequest(p))` (`modules/runtime/runner.py`), which calls
+`process_images_inner(p)`: no other product code calls it. `process_images_inner` reads as
 the numbered stages of spec §2.3; each stage is a function below it that can be tested alone.
 Image-mode specifics (hires fix, img2img, inpainting) live on the subclasses' `init` / `sample`.
 
@@ -23,13 +24,14 @@ import torch
 from PIL import Image, ImageOps
 
 from modules import errors, masking, rng, sd_tiling, shared
+from modules.runtime.runner import ProcessingRequest, ProcessingRunner
 from modules.rng import create_random_tensors, get_fixed_seed, slerp  # noqa: F401  (A1111 names)
 from modules.scripts import (MaskBlendArgs, PostprocessBatchListArgs, PostprocessImageArgs,
                              PostProcessMaskOverlayArgs, PostSampleArgs)
 
 log = logging.getLogger(__name__)
 
-SERENA_VERSION = "v0.0.9"
+SERENA_VERSION = "v0.0.10-m10"
 """The `Version` infotext value and `Processed.version`."""
 
 opt_C = 4
@@ -911,7 +913,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         with shared.opts.override(settings):
             _ensure_model()
             validate(p)
-            res = process_images_inner(p)
+            res = ProcessingRunner().run(ProcessingRequest(p))
     finally:
         _after_job(p, settings, previous_checkpoint)
     return res
