@@ -1,0 +1,212 @@
+"""Contract test of the execution surface (M10): every generation runs through ProcessingRunner.run.
+
+The runner is instrumented (its `run` wrapped by a recorder that calls the real method), never
+replaced, except in (a) where the inner function is swapped to prove plain delegation.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+
+import pytest
+
+# Imported at the top on purpose: no hidden initialisation order (M10 invariant).
+from modules import processing
+from modules.runtime import runner as runner_module
+from modules.runtime.runner import ProcessingRequest, ProcessingRunner
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GOLDEN_INPUTS = os.path.join(os.path.dirname(HERE), "golden", "inputs")
+
+
+class RunnerRecorder:
+    """Counts `ProcessingRunner.run` calls while delegating to the real method."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
+        self.requests: list[ProcessingRequest] = []
+        original = ProcessingRunner.run
+        recorder = self
+
+        def run(self_runner, request):
+            recorder.requests.append(request)
+            return original(self_runner, request)
+
+        monkeypatch.setattr(ProcessingRunner, "run", run)
+
+    @property
+    def count(self) -> int:
+        return len(self.requests)
+
+
+@pytest.fixture()
+def recorder(monkeypatch) -> RunnerRecorder:
+    return RunnerRecorder(monkeypatch)
+
+
+def _txt2img(**kw) -> processing.StableDiffusionProcessingTxt2Img:
+    args = dict(prompt="a lighthouse at dusk", negative_prompt="fog", width=64, height=64, steps=3,
+                sampler_name="Euler a", scheduler="Automatic", seed=4242, do_not_save_samples=True,
+                do_not_save_grid=True)
+    args.update(kw)
+    return processing.StableDiffusionProcessingTxt2Img(**args)
+
+
+def _img2img(**kw) -> processing.StableDiffusionProcessingImg2Img:
+    from PIL import Image
+    init = Image.open(os.path.join(GOLDEN_INPUTS, "init.png")).convert("RGB")
+    args = dict(prompt="a lighthouse", init_images=[init], width=64, height=64, steps=3, sampler_name="Euler",
+                scheduler="Automatic", seed=7, denoising_strength=0.6, do_not_save_samples=True, do_not_save_grid=True)
+    args.update(kw)
+    return processing.StableDiffusionProcessingImg2Img(**args)
+
+
+def _png_bytes(processed) -> list[bytes]:
+    from modules import infotext_utils
+    return [infotext_utils.image_to_bytes(im, "png", processed.infotexts[i]) for i, im in enumerate(processed.images)]
+
+
+# (a) -------------------------------------------------------------------------------------------------
+def test_request_wraps_processing_both_ways():
+    p = object()
+    assert ProcessingRequest(p).processing is p
+    assert ProcessingRequest(processing=p).processing is p
+
+
+def test_run_delegates_to_process_images_inner_and_returns_its_result(monkeypatch):
+    seen, sentinel = [], object()
+
+    def inner(p):
+        seen.append(p)
+        return sentinel
+
+    monkeypatch.setattr(processing, "process_images_inner", inner)
+    p = object()
+    assert ProcessingRunner().run(ProcessingRequest(p)) is sentinel
+    assert seen == [p]
+
+
+def test_runner_has_no_runtime_context_in_its_constructor():
+    import inspect
+    assert list(inspect.signature(ProcessingRunner.__init__).parameters) in (["self"], ["self", "args", "kwargs"])
+    ProcessingRunner()
+
+
+# (b) -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [_txt2img, _img2img], ids=["txt2img", "img2img"])
+def test_process_images_reaches_the_runner_exactly_once(serena, recorder, make):
+    p = make()
+    processed = processing.process_images(p)
+    assert recorder.count == 1
+    assert recorder.requests[0].processing is p
+    assert len(processed.images) == 1 and processed.images[0].size == (64, 64)
+
+
+def test_each_call_reaches_the_runner_once_also_for_batches(serena, recorder):
+    processing.process_images(_txt2img(batch_size=2, n_iter=2))
+    processing.process_images(_txt2img())
+    assert recorder.count == 2
+
+
+# (c) -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [_txt2img, _img2img], ids=["txt2img", "img2img"])
+def test_runner_path_and_direct_inner_call_give_identical_bytes(serena, make):
+    """`p` is built complete (sampler and scheduler as `process_images` normalises them), so the only
+    difference between the two calls is the path: through the runner, or straight to the inner call."""
+    through_runner = processing.process_images(make())
+    direct = processing.process_images_inner(make())
+    assert through_runner.infotexts == direct.infotexts
+    assert _png_bytes(through_runner) == _png_bytes(direct)
+
+
+# (d) entry points --------------------------------------------------------------------------------------
+def test_cli_generation_goes_through_the_runner(serena, recorder, tmp_path):
+    from modules import cli
+    request = {"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "seed": 11,
+               "override_settings": {"save_to_dirs": False}}
+    processed = cli.run(request, outdir=str(tmp_path))
+    assert recorder.count == 1
+    assert len(processed.images) == 1
+    assert any(name.endswith(".png") for name in os.listdir(tmp_path))
+
+
+def test_cli_img2img_goes_through_the_runner(serena, recorder, tmp_path):
+    from modules import cli
+    request = cli.resolve_image_paths({"prompt": "a boat", "init_images": ["init.png"], "width": 64, "height": 64,
+                                       "steps": 2, "seed": 11}, GOLDEN_INPUTS)
+    cli.run(request, outdir=str(tmp_path))
+    assert recorder.count == 1
+    assert isinstance(recorder.requests[0].processing, processing.StableDiffusionProcessingImg2Img)
+
+
+def test_cli_main_goes_through_the_runner(serena, recorder, tmp_path, monkeypatch, capsys):
+    """The real `./webui.sh generate` entry point, in-process (initialize is the session's)."""
+    import webui
+    from modules import cli
+    monkeypatch.setattr(webui, "initialize", lambda *a, **k: None)
+    req = tmp_path / "req.json"
+    req.write_text(json.dumps({"prompt": "a boat", "width": 64, "height": 64, "steps": 2, "seed": 3}))
+    rc = cli.main(["--request", str(req), "--outdir", str(tmp_path / "out"), "--sampler-name", "DDIM"])
+    assert rc == 0
+    assert recorder.count == 1
+    assert recorder.requests[0].processing.sampler_name == "DDIM"
+
+
+# (d) API over a real HTTP connection (uvicorn on loopback, in this process so the runner is observed)
+@pytest.fixture(scope="module")
+def http_server(serena):
+    import socket
+    from modules.api.app import build_app, serve
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = serve(build_app(serena.cmd_opts), "127.0.0.1", port, background=True)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+
+
+def _b64_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode("ascii")
+
+
+def test_http_txt2img_reaches_the_runner_once(http_server, recorder):
+    import requests
+    r = requests.post(f"{http_server}/sdapi/v1/txt2img", timeout=120,
+                      json={"prompt": "a kite", "width": 64, "height": 64, "steps": 2, "seed": 8})
+    assert r.status_code == 200, r.text
+    assert recorder.count == 1
+    assert isinstance(recorder.requests[0].processing, processing.StableDiffusionProcessingTxt2Img)
+    assert len(r.json()["images"]) == 1
+
+
+def test_http_img2img_reaches_the_runner_once(http_server, recorder):
+    import requests
+    body = {"prompt": "a kite", "init_images": [_b64_file(os.path.join(GOLDEN_INPUTS, "init.png"))],
+            "mask": _b64_file(os.path.join(GOLDEN_INPUTS, "mask.png")), "width": 64, "height": 64, "steps": 2,
+            "seed": 8, "denoising_strength": 0.7}
+    r = requests.post(f"{http_server}/sdapi/v1/img2img", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert recorder.count == 1
+    assert isinstance(recorder.requests[0].processing, processing.StableDiffusionProcessingImg2Img)
+
+
+def test_http_request_that_fails_validation_never_reaches_the_runner(http_server, recorder):
+    import requests
+    r = requests.post(f"{http_server}/sdapi/v1/txt2img", json={"width": 65, "height": 64, "steps": 2}, timeout=60)
+    assert r.status_code == 422
+    assert recorder.count == 0
+
+
+# (d) UI: the functions the Generate buttons are bound to --------------------------------------------------
+def test_ui_generate_buttons_go_through_the_runner(serena, recorder):
+    from PIL import Image
+    from modules import ui_handlers
+    common = dict(prompt="a kite", negative_prompt="", styles=[], sampler_name="Euler", scheduler="Automatic",
+                  steps=2, width=64, height=64, n_iter=1, batch_size=1, cfg_scale=7.0, seed=5)
+    ui_handlers.generate_txt2img(dict(common, enable_hr=False, denoising_strength=0.7))
+    init = Image.open(os.path.join(GOLDEN_INPUTS, "init.png")).convert("RGB")
+    ui_handlers.generate_img2img(dict(common, init_image=init, denoising_strength=0.6))
+    assert [type(r.processing).__name__ for r in recorder.requests] == [
+        "StableDiffusionProcessingTxt2Img", "StableDiffusionProcessingImg2Img"]
