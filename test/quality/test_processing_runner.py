@@ -210,3 +210,24 @@ def test_ui_generate_buttons_go_through_the_runner(serena, recorder):
     ui_handlers.generate_img2img(dict(common, init_image=init, denoising_strength=0.6))
     assert [type(r.processing).__name__ for r in recorder.requests] == [
         "StableDiffusionProcessingTxt2Img", "StableDiffusionProcessingImg2Img"]
+
+
+# M10 invariants beyond the call path ------------------------------------------------------------------
+def test_infotext_reports_the_m10_version(serena):
+    processed = processing.process_images(_txt2img())
+    assert processed.infotexts[0].endswith("Version: v0.0.10-m10")
+    assert processed.version == "v0.0.10-m10"
+
+
+@pytest.mark.parametrize("first, second", [("modules.runtime.runner", "modules.processing"),
+                                           ("modules.processing", "modules.runtime.runner")])
+def test_imports_work_in_any_order_in_a_fresh_process(first, second):
+    """No hidden initialisation order and no import cycle between processing and the runner."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(HERE))
+    code = (f"import {first}, {second}; from modules.runtime.runner import ProcessingRunner, ProcessingRequest; "
+            "from modules.processing import process_images, StableDiffusionProcessingTxt2Img; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
