@@ -9,22 +9,7 @@ import pytest
 import torch
 
 from modules import errors, processing, scripts, sd_models, sd_tiling, shared
-from test_processing_helpers import close_env, files_under, make_env, max_diff, pixels
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp, data = make_env(tmp_path_factory)
-    yield data
-    close_env(mp)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(env):
-    shared.state.begin("test")
-    yield
-    shared.state.end()
-    shared.state.reset()
+from test_processing_helpers import env, files_under, fresh_state, max_diff, pixels  # noqa: F401  (fixtures)
 
 
 def txt2img(**kwargs) -> processing.StableDiffusionProcessingTxt2Img:

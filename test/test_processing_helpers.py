@@ -1,7 +1,9 @@
 """Shared set-up of the processing tests: a private data folder holding the demo checkpoint.
 
-Not a test module: it only provides `processing_env` (imported by the test_processing*.py files)
-and small image helpers. Generation is real: the demo checkpoint goes through the real loading
+Not a test module: it provides the `env` fixture (module-scoped: the data folder, with the demo
+checkpoint loaded) and the autouse `fresh_state` fixture (a clean `shared.state` around every
+test), which test_processing.py, test_processing_hires.py and test_processing_img2img.py import,
+plus small image helpers. Generation is real: the demo checkpoint goes through the real loading
 code, the real samplers and the real VAE.
 """
 from __future__ import annotations
@@ -50,6 +52,23 @@ def close_env(mp: pytest.MonkeyPatch) -> None:
     for registry in (sd_models.checkpoints_list, sd_models.checkpoint_aliases):
         registry.clear()
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The data folder of one test module's environment (`make_env`), torn down after the module."""
+    mp, data = make_env(tmp_path_factory)
+    yield data
+    close_env(mp)
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(env):
+    """A begun, then ended and reset, `shared.state` around each test of a module that imports this."""
+    shared.state.begin("test")
+    yield
+    shared.state.end()
+    shared.state.reset()
 
 
 def pixels(image: Image.Image) -> np.ndarray:

@@ -4,22 +4,7 @@ from __future__ import annotations
 import pytest
 
 from modules import errors, processing, shared
-from test_processing_helpers import close_env, make_env, max_diff
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp, data = make_env(tmp_path_factory)
-    yield data
-    close_env(mp)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(env):
-    shared.state.begin("test")
-    yield
-    shared.state.end()
-    shared.state.reset()
+from test_processing_helpers import env, fresh_state, max_diff  # noqa: F401  (fixtures)
 
 
 def hires(**kwargs) -> processing.StableDiffusionProcessingTxt2Img:

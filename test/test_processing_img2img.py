@@ -6,23 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modules import errors, processing, shared
-from test_processing_helpers import close_env, make_env, max_diff, pixels, test_image
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp, data = make_env(tmp_path_factory)
-    yield data
-    close_env(mp)
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(env):
-    shared.state.begin("test")
-    yield
-    shared.state.end()
-    shared.state.reset()
+from modules import errors, processing
+from test_processing_helpers import env, fresh_state, max_diff, pixels, test_image  # noqa: F401  (fixtures)
 
 
 def img2img(**kwargs) -> processing.StableDiffusionProcessingImg2Img:

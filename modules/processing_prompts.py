@@ -1,0 +1,102 @@
+"""A job's prompts and their text conditioning (spec §4): the steps between request and sampler.
+
+One positive and one negative prompt per image (styles applied, `#` comments stripped), the
+`<name:args>` extra-network tags taken out of each batch, the step count the prompt schedules
+span, and the conditioning of the first and the hires pass, computed through the processing
+object's cache methods (`get_conds_with_caching`, A1111's) so an extension that overrides them
+still sees every call. The processing classes' `setup_prompts` / `setup_conds` /
+`calculate_hr_conds` delegate here; `modules.processing` re-exports the helper names.
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from modules import errors, shared
+
+if TYPE_CHECKING:  # annotations only: processing imports this module
+    from modules.processing import StableDiffusionProcessing, StableDiffusionProcessingTxt2Img
+
+
+def expand_prompts(prompt: str | list[str], negative_prompt: str | list[str], count: int,
+                   styles: list[str]) -> tuple[list[str], list[str]]:
+    """One positive and one negative prompt per image, styles applied, comments stripped."""
+    if isinstance(prompt, list):
+        prompts = list(prompt)
+    elif isinstance(negative_prompt, list):
+        prompts = [prompt] * len(negative_prompt)
+    else:
+        prompts = [prompt] * count
+    negatives = list(negative_prompt) if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
+    if len(prompts) != len(negatives):
+        raise errors.InvalidParameter(
+            f"got {len(prompts)} prompts and {len(negatives)} negative prompts; they must match",
+            field="negative_prompt")
+    database = getattr(shared, "prompt_styles", None)
+    if styles and database is not None:
+        prompts = [database.apply_styles_to_prompt(x, styles) for x in prompts]
+        negatives = [database.apply_negative_styles_to_prompt(x, styles) for x in negatives]
+    if shared.opts.enable_prompt_comments:
+        from modules import prompt_parser
+        prompts = [prompt_parser.strip_comments(x) for x in prompts]
+        negatives = [prompt_parser.strip_comments(x) for x in negatives]
+    return prompts, negatives
+
+
+_re_extra_net = re.compile(r"<(\w+):([^>]+)>")
+
+
+def parse_extra_networks(prompts: list[str]) -> tuple[list[str], dict[str, list[list[str]]]]:
+    """Remove `<name:args>` tags from every prompt; the data comes from the first prompt (spec §4)."""
+    try:
+        from modules import extra_networks
+    except ImportError:
+        extra_networks = None
+    if extra_networks is not None and hasattr(extra_networks, "parse_prompts"):
+        return extra_networks.parse_prompts(prompts)
+    data: dict[str, list[list[str]]] = {}
+    for name, args in _re_extra_net.findall(prompts[0] if prompts else ""):
+        data.setdefault(name, []).append(args.split(":"))
+    return [_re_extra_net.sub("", prompt) for prompt in prompts], data
+
+
+def sampler_total_steps(sampler_name: str | None, steps: int) -> int:
+    """Steps the prompt schedules span: doubled for second-order samplers (spec §4)."""
+    from modules import sd_samplers
+    config = sd_samplers.find_sampler_config(sampler_name)
+    if callable(getattr(config, "total_steps", None)):
+        return int(config.total_steps(steps))
+    options = getattr(config, "options", None) or {}
+    second_order = options.get("second_order", False)
+    if second_order and not shared.opts.dont_fix_second_order_samplers_schedule:
+        return steps * 2
+    return steps
+
+
+def setup_conds(p: StableDiffusionProcessing) -> None:
+    """This batch's conditioning into `p.uc` (plain) and `p.c` (multicond), through `p`'s caches."""
+    from modules import prompt_parser
+    total_steps = sampler_total_steps(p.sampler_name, p.steps)
+    p.step_multiplier = max(total_steps // max(p.steps, 1), 1)
+    p.firstpass_steps = total_steps
+    negative = prompt_parser.SdConditioning(p.negative_prompts, is_negative_prompt=True,
+                                            width=p.width, height=p.height)
+    positive = prompt_parser.SdConditioning(p.prompts, width=p.width, height=p.height)
+    p.uc = p.get_conds_with_caching(prompt_parser.get_learned_conditioning, negative, total_steps,
+                                    [p.cached_uc], p.extra_network_data)
+    p.c = p.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, positive,
+                                   total_steps, [p.cached_c], p.extra_network_data)
+
+
+def calculate_hr_conds(p: StableDiffusionProcessingTxt2Img) -> None:
+    """Second-pass conditioning; reuses the first-pass cache when the prompts are the same."""
+    from modules import prompt_parser
+    steps = p.hr_second_pass_steps or p.steps
+    total_steps = sampler_total_steps(p.hr_sampler_name or p.sampler_name, steps)
+    size = dict(width=p.hr_upscale_to_x, height=p.hr_upscale_to_y)
+    negative = prompt_parser.SdConditioning(p.hr_negative_prompts, is_negative_prompt=True, **size)
+    positive = prompt_parser.SdConditioning(p.hr_prompts, **size)
+    p.hr_uc = p.get_conds_with_caching(prompt_parser.get_learned_conditioning, negative, p.firstpass_steps,
+                                       [p.cached_hr_uc, p.cached_uc], p.hr_extra_network_data, total_steps)
+    p.hr_c = p.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, positive, p.firstpass_steps,
+                                      [p.cached_hr_c, p.cached_c], p.hr_extra_network_data, total_steps)

@@ -1,0 +1,130 @@
+"""Request checks: reject what Serena cannot run before anything runs (spec §1.3, §6).
+
+`process_images` calls :func:`validate` once per job, with the job's options in effect. Each
+problem raises `errors.InvalidParameter` (or `UnknownSampler`, `UnknownScheduler`, `InvalidImage`)
+naming the field, the rule and the offending value. The checks of all modes live together so the
+limits read in one place; the few normalisations a check implies (sampler and scheduler names
+resolved, "Use same …" hires choices cleared, `batch_size` raised to the number of init images)
+happen here too. `modules.processing` re-exports these names.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from modules import errors, shared
+from modules.processing_hires import hires_target, is_same
+
+if TYPE_CHECKING:  # annotations only: processing imports this module
+    from modules.processing import (StableDiffusionProcessing, StableDiffusionProcessingImg2Img,
+                                    StableDiffusionProcessingTxt2Img)
+
+MIN_SIZE = 64
+MAX_SIZE = 2048
+MAX_HIRES_SIZE = 4096
+NO_REFINER = (None, "", "None", "none")
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None, multiple: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise errors.InvalidParameter(f"{name} must be an integer, got {value!r}", field=name)
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise errors.InvalidParameter(f"{name} must be {bounds}, got {value}", field=name)
+    if value % multiple:
+        raise errors.InvalidParameter(f"{name} must be a multiple of {multiple}, got {value}", field=name)
+
+
+def _check_number(value: Any, name: str, low: float | None = None, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or value != value:
+        raise errors.InvalidParameter(f"{name} must be a number, got {value!r}", field=name)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise errors.InvalidParameter(f"{name} must be between {low} and {high}, got {value}", field=name)
+
+
+def validate(p: StableDiffusionProcessing) -> None:
+    """Reject requests Serena cannot run, naming the field, the rule and the value.
+
+    Raises:
+        errors.InvalidParameter (UnknownSampler, UnknownScheduler, InvalidImage): the first problem found.
+    """
+    from modules.processing import StableDiffusionProcessingImg2Img, StableDiffusionProcessingTxt2Img  # lazy
+    _check_int(p.width, "width", MIN_SIZE, MAX_SIZE, multiple=8)
+    _check_int(p.height, "height", MIN_SIZE, MAX_SIZE, multiple=8)
+    _check_int(p.steps, "steps", 1, max(int(shared.opts.api_max_steps), 1))
+    _check_int(p.batch_size, "batch_size", 1)
+    _check_int(p.n_iter, "n_iter", 1)
+    _check_number(p.cfg_scale, "cfg_scale", 0.0, 100.0)
+    _check_number(p.subseed_strength, "subseed_strength", 0.0, 1.0)
+    if p.denoising_strength is not None:
+        _check_number(p.denoising_strength, "denoising_strength", 0.0, 1.0)
+    if not isinstance(p.prompt, (str, list)) or (isinstance(p.prompt, list) and not p.prompt):
+        raise errors.InvalidParameter(f"prompt must be a string or a non-empty list, got {p.prompt!r}", field="prompt")
+    if p.refiner_checkpoint not in NO_REFINER:
+        raise errors.InvalidParameter(
+            f"the refiner is not supported yet; got refiner_checkpoint={p.refiner_checkpoint!r}",
+            field="refiner_checkpoint")
+    _normalise_sampler(p)
+    if isinstance(p, StableDiffusionProcessingTxt2Img) and p.enable_hr:
+        validate_hires(p)
+    if isinstance(p, StableDiffusionProcessingImg2Img):
+        validate_img2img(p)
+
+
+def _normalise_sampler(p: StableDiffusionProcessing) -> None:
+    """Resolve sampler and scheduler names (spec §6); unknown names raise with the valid ones."""
+    from modules import sd_samplers
+    name = p.sampler_name or (p.sampler_index if isinstance(p.sampler_index, str) else None)
+    p.sampler_name, p.scheduler = sd_samplers.get_sampler_and_scheduler(name, p.scheduler)
+
+
+def validate_hires(p: StableDiffusionProcessingTxt2Img) -> None:
+    """Hires fix fields: denoising strength present, upscaler known, target size within limits."""
+    from modules import sd_samplers, upscaling
+    if p.denoising_strength is None:
+        raise errors.InvalidParameter("enable_hr needs denoising_strength (0..1), got None", field="denoising_strength")
+    _check_number(p.hr_scale, "hr_scale", 1.0, 8.0)
+    _check_int(p.hr_resize_x, "hr_resize_x", 0, MAX_HIRES_SIZE)
+    _check_int(p.hr_resize_y, "hr_resize_y", 0, MAX_HIRES_SIZE)
+    _check_int(p.hr_second_pass_steps, "hr_second_pass_steps", 0, max(int(shared.opts.api_max_steps), 1))
+    if p.hr_upscaler is not None and p.hr_upscaler not in upscaling.latent_upscale_modes:
+        upscaling.find_upscaler(p.hr_upscaler)
+    target = hires_target(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y)
+    for name, value in (("hires width", target.upscale_to_x), ("hires height", target.upscale_to_y)):
+        if not MIN_SIZE <= value <= MAX_HIRES_SIZE:
+            raise errors.InvalidParameter(f"{name} must be between {MIN_SIZE} and {MAX_HIRES_SIZE}, got {value}",
+                                          field="hr_scale")
+    if is_same(p.hr_sampler_name, "Use same sampler"):
+        p.hr_sampler_name = None
+    if is_same(p.hr_scheduler, "Use same scheduler"):
+        p.hr_scheduler = None
+    if p.hr_sampler_name is not None or p.hr_scheduler is not None:
+        p.hr_sampler_name, p.hr_scheduler = sd_samplers.get_sampler_and_scheduler(
+            p.hr_sampler_name or p.sampler_name, p.hr_scheduler or p.scheduler)
+
+
+def validate_img2img(p: StableDiffusionProcessingImg2Img) -> None:
+    """img2img fields: images decoded, modes known, blur/padding non-negative, image count vs batch."""
+    if not p.init_images:
+        raise errors.InvalidImage(f"img2img needs at least one init image, got {p.init_images!r}", field="init_images")
+    for i, image in enumerate(p.init_images):
+        if not isinstance(image, Image.Image) or image.width < 1 or image.height < 1:
+            raise errors.InvalidImage(f"init_images[{i}] is not a decoded image: {type(image).__name__}",
+                                      field="init_images")
+    if p.image_mask is not None and not isinstance(p.image_mask, Image.Image):
+        raise errors.InvalidImage(f"mask is not a decoded image: {type(p.image_mask).__name__}", field="mask")
+    _check_int(p.resize_mode, "resize_mode", 0, 3)
+    _check_int(int(p.inpainting_fill), "inpainting_fill", 0, 3)
+    _check_number(p.mask_blur_x, "mask_blur_x", 0, 256)
+    _check_number(p.mask_blur_y, "mask_blur_y", 0, 256)
+    _check_int(int(p.inpaint_full_res_padding), "inpaint_full_res_padding", 0, 4096)
+    if p.initial_noise_multiplier is not None:
+        _check_number(p.initial_noise_multiplier, "initial_noise_multiplier", 0.0, 10.0)
+    count = len(p.init_images)
+    if count > p.batch_size:
+        raise errors.InvalidParameter(f"bad number of images passed: {count}; expecting {p.batch_size} or less",
+                                      field="init_images")
+    if count > 1:
+        p.batch_size = count
