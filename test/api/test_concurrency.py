@@ -44,7 +44,7 @@ def test_16_concurrent_requests_equal_the_same_requests_alone(base):
 
 def test_waiting_requests_do_not_block_control_routes(base):
     """While a long job runs and others wait, progress/options/listings/skip answer at once."""
-    long_job = payload(1, steps=150, width=128, height=128, force_task_id="task(txt2img-LONG000)")
+    long_job = payload(1, steps=150, n_iter=4, width=128, height=128, force_task_id="task(txt2img-LONG000)")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         running = pool.submit(post, base, long_job)
         waiting = [pool.submit(post, base, payload(s)) for s in range(2, 6)]
@@ -56,8 +56,10 @@ def test_waiting_requests_do_not_block_control_routes(base):
             time.sleep(0.05)
         for route in ("progress", "options", "samplers", "sd-models", "upscalers", "prompt-styles", "scripts"):
             t0 = time.perf_counter()
-            assert httpx.get(f"{base}{API}/{route}", timeout=5).status_code == 200
-            assert time.perf_counter() - t0 < 2.0, route
+            assert httpx.get(f"{base}{API}/{route}", timeout=10).status_code == 200
+            # Generous bound for 2 loaded cores; the proof is that the running job is still running.
+            assert time.perf_counter() - t0 < 5.0, route
+        assert not running.done(), "the long job finished first: the test proves nothing"
         pending = httpx.get(f"{base}/internal/pending-tasks", timeout=5).json()
         assert pending["size"] >= 1
         status = httpx.post(f"{base}/internal/progress", json={"id_task": "task(txt2img-LONG000)"}, timeout=5).json()
