@@ -94,32 +94,16 @@ def build_sd15_checkpoint(path: str) -> None:
     """Write a random-weight full-size SD1.5 checkpoint (float16, LDM layout) to `path`."""
     import safetensors.torch
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from modules import demo_checkpoint, sd_models_config, sd_models_convert
+    from modules import demo_checkpoint
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**SD15_UNET)
-        vae = AutoencoderKL(**SD15_VAE)
-        clip = CLIPTextModel(CLIPTextConfig(**SD15_CLIP))
     generator = torch.Generator().manual_seed(0)
 
     def fill(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: (torch.randn(v.shape, generator=generator, dtype=torch.float32) * 0.02).to(torch.float16)
                 for k, v in module.state_dict().items()}
 
-    state = {}
-    state.update(sd_models_convert.part_to_ldm(fill(unet), sd_models_config.UNET_PREFIX,
-                                               sd_models_convert.unet_table(SD15_UNET)))
-    state.update(sd_models_convert.part_to_ldm(fill(vae), sd_models_config.VAE_PREFIX,
-                                               sd_models_convert.vae_table(SD15_VAE)))
-    prefix = sd_models_config.CLIP_PREFIXES[0]
-    state.update({prefix + k: v for k, v in fill(clip).items()})
-    state = {k: v.contiguous() for k, v in state.items()}
-    state[prefix + "embeddings.position_ids"] = torch.arange(77)[None]
-    state.update(demo_checkpoint._schedule_buffers())
-    safetensors.torch.save_file(state, path)
+    safetensors.torch.save_file(demo_checkpoint.ldm_state_dict(SD15_UNET, SD15_VAE, SD15_CLIP, fill), path)
 
 
 def run_child(code: str, path: str) -> tuple[float, float, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from typing import Callable
 
 import torch
 
@@ -121,26 +122,38 @@ def _schedule_buffers() -> dict[str, torch.Tensor]:
     return {k: v.to(torch.float32) for k, v in buffers.items()}
 
 
-def build_demo_state_dict(dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
-    """The demo checkpoint's tensors in the A1111/LDM key layout (weights in `dtype`)."""
+def ldm_state_dict(unet_config: dict, vae_config: dict, clip_config: dict,
+                   fill: Callable[[torch.nn.Module], dict[str, torch.Tensor]],
+                   dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """An SD1 checkpoint's tensors in the A1111/LDM key layout, from diffusers/transformers configs.
+
+    The modules are built on the meta device (no memory); `fill(module)` gives each one's weights by
+    diffusers name; the DDPM buffers are added in float32. Used for the demo file and by the
+    full-size load benchmark.
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**UNET_CONFIG)
-        vae = AutoencoderKL(**VAE_CONFIG)
-        clip = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG))
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**vae_config)
+        clip = CLIPTextModel(CLIPTextConfig(**clip_config))
     state: dict[str, torch.Tensor] = {}
-    state.update(sd_models_convert.part_to_ldm(_random_state(unet), sd_models_config.UNET_PREFIX,
-                                               sd_models_convert.unet_table(UNET_CONFIG)))
-    state.update(sd_models_convert.part_to_ldm(_random_state(vae), sd_models_config.VAE_PREFIX,
-                                               sd_models_convert.vae_table(VAE_CONFIG)))
+    state.update(sd_models_convert.part_to_ldm(fill(unet), sd_models_config.UNET_PREFIX,
+                                               sd_models_convert.unet_table(unet_config)))
+    state.update(sd_models_convert.part_to_ldm(fill(vae), sd_models_config.VAE_PREFIX,
+                                               sd_models_convert.vae_table(vae_config)))
     clip_prefix = sd_models_config.CLIP_PREFIXES[0]
-    state.update({clip_prefix + k: v for k, v in _random_state(clip).items()})
+    state.update({clip_prefix + k: v for k, v in fill(clip).items()})
     state = {k: v.to(dtype).contiguous() for k, v in state.items()}
-    state[clip_prefix + "embeddings.position_ids"] = torch.arange(CLIP_CONFIG["max_position_embeddings"])[None]
+    state[clip_prefix + "embeddings.position_ids"] = torch.arange(clip_config["max_position_embeddings"])[None]
     state.update(_schedule_buffers())
     return state
+
+
+def build_demo_state_dict(dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """The demo checkpoint's tensors in the A1111/LDM key layout (weights in `dtype`)."""
+    return ldm_state_dict(UNET_CONFIG, VAE_CONFIG, CLIP_CONFIG, _random_state, dtype)
 
 
 def demo_checkpoint_bytes() -> bytes:

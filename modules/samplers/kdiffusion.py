@@ -31,6 +31,22 @@ def _churn(sigma, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) ->
     return min(s_churn / n_steps, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
 
 
+def _churned_denoise(model, x, sigmas, i: int, s_in, extra_args: dict, callback: Callback | None,
+                     noise_sampler: NoiseSampler, churn: tuple[float, float, float, float]):
+    """Step i's start in Karras' Algorithm 2: raise sigma_i to sigma_hat with fresh noise (churn),
+    denoise there and report. Returns (x, sigma_hat, denoised, d)."""
+    s_churn, s_tmin, s_tmax, s_noise = churn
+    gamma = _churn(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
+    sigma_hat = sigmas[i] * (gamma + 1)
+    if gamma > 0:
+        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+    denoised = model(x, sigma_hat * s_in, **extra_args)
+    d = to_d(x, sigma_hat, denoised)
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+    return x, sigma_hat, denoised, d
+
+
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback: Callback | None = None, disable=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0, noise_sampler: NoiseSampler | None = None):
@@ -39,14 +55,8 @@ def sample_euler(model, x, sigmas, extra_args=None, callback: Callback | None = 
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = _churn(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat, denoised, d = _churned_denoise(model, x, sigmas, i, s_in, extra_args, callback,
+                                                     noise_sampler, (s_churn, s_tmin, s_tmax, s_noise))
         x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -77,14 +87,8 @@ def sample_heun(model, x, sigmas, extra_args=None, callback: Callback | None = N
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = _churn(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat, denoised, d = _churned_denoise(model, x, sigmas, i, s_in, extra_args, callback,
+                                                     noise_sampler, (s_churn, s_tmin, s_tmax, s_noise))
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
@@ -103,14 +107,8 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback: Callback | None = 
     noise_sampler = noise_sampler or default_noise_sampler(x)
     s_in = x.new_ones([x.shape[0]])
     for i in range(len(sigmas) - 1):
-        gamma = _churn(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
-        sigma_hat = sigmas[i] * (gamma + 1)
-        if gamma > 0:
-            x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        d = to_d(x, sigma_hat, denoised)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigma_hat, "denoised": denoised})
+        x, sigma_hat, denoised, d = _churned_denoise(model, x, sigmas, i, s_in, extra_args, callback,
+                                                     noise_sampler, (s_churn, s_tmin, s_tmax, s_noise))
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:

@@ -265,40 +265,15 @@ def test_image_url_connects_to_the_checked_address(client, clean_opts, monkeypat
     assert hosts == [f"images.invalid:{port}"]
 
 
-def test_image_url_fetch_without_redirects(client, clean_opts, monkeypatch):
+def test_image_url_fetch_without_redirects(client, clean_opts, image_server):
     """With local requests allowed (tests only), a redirect is not followed and a PNG is fetched."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
-    png = buffer.getvalue()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            if self.path == "/redirect":
-                self.send_response(302)
-                self.send_header("Location", "/image.png")
-                self.end_headers()
-                return
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(png)))
-            self.end_headers()
-            self.wfile.write(png)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        clean_opts.data["api_enable_requests"] = True
-        clean_opts.data["api_forbid_local_requests"] = False
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        assert client.post(f"{API}/png-info", json={"image": f"{base}/image.png"}).status_code == 200
-        r = client.post(f"{API}/png-info", json={"image": f"{base}/redirect"})
-        assert r.status_code == 422 and "302" in r.json()["detail"]
-    finally:
-        httpd.shutdown()
+    port, _ = image_server
+    clean_opts.data["api_enable_requests"] = True
+    clean_opts.data["api_forbid_local_requests"] = False
+    base = f"http://127.0.0.1:{port}"
+    assert client.post(f"{API}/png-info", json={"image": f"{base}/image.png"}).status_code == 200
+    r = client.post(f"{API}/png-info", json={"image": f"{base}/redirect"})
+    assert r.status_code == 422 and "302" in r.json()["detail"]
 
 
 def test_loras_lists_only_the_lora_folder(client, api_runtime):
