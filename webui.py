@@ -7,12 +7,9 @@ A1111's own test setup does). Importing this module does nothing.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from modules import cmd_args, paths, shared
-
-log = logging.getLogger("serena")
 
 
 def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool | None = None) -> None:
@@ -22,7 +19,7 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
         cmd_opts: parsed flags; defaults to `cmd_args.defaults()` (no flags given).
         load_model: load the selected checkpoint now; defaults to `not --skip-load-model-at-start`.
     """
-    from modules import demo_checkpoint, devices, scripts, sd_models, styles
+    from modules import call_queue, demo_checkpoint, devices, scripts, sd_models, styles
 
     shared.cmd_opts = cmd_opts if cmd_opts is not None else cmd_args.defaults()
     shared.data_paths = paths.data_paths(shared.cmd_opts.data_dir, shared.cmd_opts.models_dir)
@@ -32,7 +29,7 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
     shared.opts.frozen = bool(shared.cmd_opts.freeze_settings)
     devices.setup(shared.cmd_opts)
     shared.prompt_styles = styles.StyleDatabase(shared.cmd_opts.styles_file or [shared.data_paths.styles_file])
-    sd_models.setup_option_hooks(shared.opts)
+    sd_models.setup_option_hooks(shared.opts, wrap=call_queue.wrap_queued_call)  # switch under the queue lock
 
     sd_models.list_models()
     if not sd_models.checkpoints_list:
@@ -71,16 +68,15 @@ def server_address(cmd_opts: argparse.Namespace) -> tuple[str, int]:
 
 
 def create_app():
-    """The one FastAPI app: `/sdapi/v1` routes first, then the Gradio UI mounted at `/`."""
+    """The one FastAPI app: `/sdapi/v1` routes first, then (unless `--nowebui`) the Gradio UI at `/`.
+
+    The order matters: routes added after a Gradio mount at `/` would be shadowed by it.
+    """
     from modules.api.app import build_app
     app = build_app(shared.cmd_opts)
     if not shared.cmd_opts.nowebui:
-        try:
-            from modules import ui
-        except ImportError:
-            ui = None
-        if ui is not None:
-            app = ui.mount(app)
+        from modules import ui
+        app = ui.mount(app)
     return app
 
 
