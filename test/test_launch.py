@@ -79,11 +79,16 @@ def test_api_only_server_generates_and_serves_docs(tmp_path):
         assert srv.proc.wait(timeout=30) is not None
 
 
-def test_api_auth_flag_protects_the_api(tmp_path):
-    with Server(str(tmp_path), "--nowebui", "--api-auth", "alice:secret") as srv:
+def test_api_auth_and_model_loaded_on_first_use(tmp_path):
+    """--api-auth guards the API; --skip-load-model-at-start loads the checkpoint with the first job."""
+    with Server(str(tmp_path), "--nowebui", "--api-auth", "alice:secret", "--skip-load-model-at-start") as srv:
         assert httpx.get(f"{srv.base}/sdapi/v1/options", timeout=10).status_code == 401
         assert httpx.get(f"{srv.base}/sdapi/v1/options", auth=("alice", "wrong"), timeout=10).status_code == 401
         assert httpx.get(f"{srv.base}/sdapi/v1/options", auth=("alice", "secret"), timeout=10).status_code == 200
+        r = httpx.post(f"{srv.base}/sdapi/v1/txt2img", auth=("alice", "secret"), timeout=120,
+                       json={"prompt": "a kite", "width": 64, "height": 64, "steps": 1, "seed": 3})
+        assert r.status_code == 200, r.text
+        assert "Model: serena-demo-tiny" in r.json()["info"]
 
 
 @pytest.fixture()
