@@ -3,11 +3,15 @@
 `.safetensors` files hold only tensors and are read with the safetensors library. Pickled files
 (`.ckpt`, `.pt`, `.pth`, `.bin`) go through `torch.load(weights_only=True)`, whose unpickler
 accepts tensors and plain containers only: a file that asks for any other callable is refused
-before that callable is looked up, so nothing in it executes. Every failure becomes a
+before that callable is looked up, so nothing in it executes. A few globals that only rebuild
+data are allowed besides (`_data_globals`: numpy scalars, arrays and dtypes, and an inert stand-in for
+the Lightning callback class that LDM training checkpoints use as a dict key), as A1111's
+restricted unpickler allows them. Every failure becomes a
 `CheckpointLoadError` naming the file.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -15,6 +19,7 @@ import struct
 import zipfile
 from typing import Any
 
+import numpy
 import torch
 
 from modules import errors
@@ -22,6 +27,24 @@ from modules import errors
 SAFETENSORS_EXTENSIONS = (".safetensors",)
 PICKLE_EXTENSIONS = (".ckpt", ".pt", ".pth", ".bin")
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+class LightningCallbackName:
+    """Inert stand-in for `pytorch_lightning...ModelCheckpoint`, which LDM training checkpoints
+    (the official SD 1.x `.ckpt` files among them) name as a dict key in their "callbacks"."""
+
+
+def _data_globals() -> list[tuple[Any, str]]:
+    """Globals that old checkpoints name and that only rebuild data (A1111's safe unpickler
+    allows the same): numpy scalars, arrays and dtypes, `set`, `_codecs.encode`, the Lightning key."""
+    multiarray = getattr(getattr(numpy, "_core", None), "multiarray", None) or numpy.core.multiarray
+    named = [(getattr(multiarray, f), f"numpy.{core}.multiarray.{f}") for f in ("scalar", "_reconstruct")
+             for core in ("core", "_core")]
+    return [*named, (numpy.dtype, "numpy.dtype"), (numpy.ndarray, "numpy.ndarray"),
+            (set, "__builtin__.set"), (codecs.encode, "_codecs.encode"),
+            (LightningCallbackName, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
+            *((cls, f"numpy.dtypes.{name}") for name, cls in vars(numpy.dtypes).items()
+              if isinstance(cls, type) and issubclass(cls, numpy.dtype))]
 
 
 def is_safetensors(path: str) -> bool:
@@ -79,7 +102,8 @@ def _load_safetensors(path: str, device: str | torch.device) -> dict[str, Any]:
 def _load_pickle(path: str, device: str | torch.device) -> Any:
     mmap = zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(_data_globals()):
+            state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise errors.CheckpointLoadError(
             f"refused to load {path!r}: it holds pickled objects other than tensors (code that would run "

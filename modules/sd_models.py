@@ -321,7 +321,7 @@ class StableDiffusionModel(torch.nn.Module):
         `c_concat` (inpainting image conditioning) is concatenated on the channel axis.
         """
         if c_concat is not None:
-            x_in = torch.cat([x, c_concat.to(x.dtype)], dim=1)
+            x_in = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
         else:
             x_in = x
         t = torch.as_tensor(t, device=self.device)

@@ -80,12 +80,14 @@ def get_sampler_and_scheduler(sampler_name: str | None, scheduler_name: str | No
 
 
 def _split_scheduler_suffix(name: str, scheduler: sd_schedulers.Scheduler) -> tuple[str, sd_schedulers.Scheduler]:
+    """Split off the longest scheduler spelling that ends `name` ("SGM Uniform" before "Uniform")."""
     lowered = name.lower()
-    for candidate in sd_schedulers.schedulers:
-        for option in sd_schedulers.scheduler_names(candidate):
-            if lowered.endswith(" " + option.lower()):
-                return name[:-(len(option) + 1)], candidate
-    return name, scheduler
+    matches = [(option, candidate) for candidate in sd_schedulers.schedulers
+               for option in sd_schedulers.scheduler_names(candidate) if lowered.endswith(" " + option.lower())]
+    if not matches:
+        return name, scheduler
+    option, candidate = max(matches, key=lambda m: len(m[0]))
+    return name[:-(len(option) + 1)], candidate
 
 
 def get_hr_sampler_and_scheduler(p: Any) -> tuple[str, str]:

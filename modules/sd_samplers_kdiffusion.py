@@ -101,9 +101,8 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         opts = shared.opts
         if not getattr(p, "is_hr_pass", False):
             p.extra_generation_params["Schedule type"] = scheduler.label
-        elif scheduler.label != (self.config.options.get("scheduler") if self.config else None):
-            # A1111 compares the label with the option's *name*, so this is written on every hires pass
-            p.extra_generation_params["Hires schedule type"] = scheduler.label
+        elif scheduler.label != p.extra_generation_params.get("Schedule type"):
+            p.extra_generation_params["Hires schedule type"] = scheduler.label  # only when it differs
         if opts.sigma_min != 0 and opts.sigma_min != m_min:
             kwargs["sigma_min"] = opts.sigma_min
             p.extra_generation_params["Schedule min sigma"] = opts.sigma_min

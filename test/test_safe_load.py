@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import types
 
+import numpy
 import pytest
 import safetensors.torch
 import torch
@@ -31,6 +34,32 @@ def test_ckpt_with_nested_state_dict_loads(tmp_path):
     path = str(tmp_path / "m.ckpt")
     torch.save({"state_dict": {"w": torch.ones(2)}, "global_step": 7}, path)
     assert list(safe_load.load_state_dict(path)) == ["w"]
+
+
+def _save_lightning_checkpoint(path: str) -> None:
+    """Write a .ckpt shaped like the official SD 1.x files: Lightning's ModelCheckpoint class as a
+    "callbacks" key, numpy scalars and arrays beside the weights (pytorch_lightning is faked for the save)."""
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    fakes = {name: types.ModuleType(name) for name in names}
+    model_checkpoint = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    fakes[names[-1]].ModelCheckpoint = model_checkpoint
+    sys.modules.update(fakes)
+    try:
+        torch.save({"epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2",
+                    "state_dict": {"w": torch.ones(2)},
+                    "callbacks": {model_checkpoint: {"best_model_score": numpy.float64(0.5), "monitor": None}},
+                    "rng_state": numpy.arange(3, dtype=numpy.uint32)}, path)
+    finally:
+        for name in names:
+            del sys.modules[name]
+
+
+def test_lightning_training_ckpt_with_numpy_scalars_loads(tmp_path):
+    path = str(tmp_path / "sd-v1-4.ckpt")
+    _save_lightning_checkpoint(path)
+    assert "pytorch_lightning" not in sys.modules
+    state = safe_load.load_state_dict(path)
+    assert list(state) == ["w"] and torch.equal(state["w"], torch.ones(2))
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])

@@ -69,6 +69,24 @@ def test_scheduler_choice_and_discard_and_overrides_reach_the_sigmas():
         assert sampler.get_sigmas(fake_p("Euler", scheduler="karras"), 4)[0].item() == pytest.approx(10.0)
 
 
+@pytest.mark.parametrize("sampler_name, scheduler, hr_scheduler, written", [
+    ("DPM++ 2M", "Automatic", "Automatic", None),   # Karras on both passes: nothing new to say
+    ("DPM++ 2M", "Automatic", "Karras", None),
+    ("DPM++ 2M", "Automatic", "Exponential", "Exponential"),
+    ("Euler", "Automatic", "Karras", "Karras"),        # first pass had no schedule type
+    ("Euler", "Karras", "Karras", None),
+])
+def test_hires_schedule_type_written_only_when_it_differs_from_the_first_pass(sampler_name, scheduler,
+                                                                              hr_scheduler, written):
+    """A1111 writes "Hires schedule type" when the hires label differs from the first pass's "Schedule type"."""
+    sampler = sd_samplers.create_sampler(sampler_name, FakeModel())
+    p = fake_p(sampler_name, scheduler=scheduler, hr_scheduler=hr_scheduler)
+    sampler.get_sigmas(p, 4)
+    p.is_hr_pass = True
+    sampler.get_sigmas(p, 3)
+    assert p.extra_generation_params.get("Hires schedule type") == written
+
+
 def test_unknown_scheduler_on_p_raises():
     with pytest.raises(errors.UnknownScheduler):
         run("Euler", scheduler="Karass")

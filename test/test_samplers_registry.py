@@ -48,6 +48,9 @@ def test_unknown_sampler_raises_listing_valid_names():
     ("Euler a Karras", None, ("Euler a", "Karras")),
     ("Euler sgm_uniform", "Automatic", ("Euler", "SGM Uniform")),
     ("Euler SGMUniform", None, ("Euler", "SGM Uniform")),
+    ("Euler SGM Uniform", None, ("Euler", "SGM Uniform")),  # the label, not "Uniform" after "Euler SGM"
+    ("dpm++ 2m sgm uniform", None, ("DPM++ 2M", "SGM Uniform")),
+    ("Euler a Uniform", None, ("Euler a", "Uniform")),
     ("DPM++ 2M SDE Heun", None, ("DPM++ 2M SDE Heun", "Automatic")),
     ("DPM++ 2M SDE Heun Karras", None, ("DPM++ 2M SDE Heun", "Karras")),
     ("k_lms", "karras", ("LMS", "Karras")),
