@@ -81,8 +81,10 @@ class CheckpointInfo:
                 self.metadata = safe_load.read_safetensors_metadata(filename)
             except errors.CheckpointLoadError:
                 pass  # a damaged file is still listed; loading it reports the damage
+        # As A1111: listing reads the hash cache only; a file is hashed when it is first loaded
+        # (`calculate_shorthash`), so a folder of new multi-GB files lists at once.
         self.sha256 = hashes.sha256_from_cache(filename, self.hash_title)
-        if self.sha256 is None and (compute_hash if compute_hash is not None else not _cmd_opt("no_hashing", False)):
+        if self.sha256 is None and compute_hash:
             self.sha256 = hashes.sha256(filename, self.hash_title, no_hashing=False)
         self._set_names()
 
