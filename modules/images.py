@@ -655,21 +655,22 @@ def combine_grid(grid: Grid) -> Image.Image:
     return combined
 
 
-def _resize(im: Image.Image, w: int, h: int, upscaler_name: str | None) -> Image.Image:
-    """Resize to exactly ``w``×``h``; enlarging goes through the named upscaler first."""
-    if upscaler_name is None or upscaler_name == "None" or im.mode == "L":
+def _resize(im: Image.Image, w: int, h: int, upscaler_name: str | None, plain: bool = False) -> Image.Image:
+    """Resize to exactly ``w``×``h``; enlarging goes through the named upscaler first (not ``plain``)."""
+    if plain or upscaler_name is None or upscaler_name == "None" or im.mode == "L":
         return im.resize((w, h), resample=LANCZOS)
     from modules import upscaling
     return upscaling.upscale_image(im, upscaler_name, size=(w, h))
 
 
 def resize_image(resize_mode: int, im: Image.Image, width: int, height: int,
-                 upscaler_name: str | None = None) -> Image.Image:
+                 upscaler_name: str | None = None, force_RGBA: bool = False) -> Image.Image:
     """img2img resize modes: 0 just resize, 1 crop and resize, 2 resize and fill.
 
     Mode 1 scales to cover ``width``×``height`` and crops the centre. Mode 2 scales to fit inside
     and fills the two empty bands by stretching the image's outermost row or column.
-    ``upscaler_name`` None means the option ``upscaler_for_img2img``.
+    ``upscaler_name`` None means the option ``upscaler_for_img2img``. ``force_RGBA`` (A1111's
+    name) resizes with Lanczos only and pastes modes 1 and 2 on an RGBA canvas, keeping alpha.
 
     Raises:
         errors.InvalidParameter: an unknown mode or a non-positive size.
@@ -682,7 +683,7 @@ def resize_image(resize_mode: int, im: Image.Image, width: int, height: int,
             field="resize_mode")
     upscaler_name = upscaler_name or _opts().upscaler_for_img2img
     if resize_mode == 0:
-        return _resize(im, width, height, upscaler_name)
+        return _resize(im, width, height, upscaler_name, plain=force_RGBA)
     ratio, src_ratio = width / height, im.width / im.height
     if resize_mode == 1:
         src_w = width if ratio > src_ratio else im.width * height // im.height
@@ -690,8 +691,8 @@ def resize_image(resize_mode: int, im: Image.Image, width: int, height: int,
     else:
         src_w = width if ratio < src_ratio else im.width * height // im.height
         src_h = height if ratio >= src_ratio else im.height * width // im.width
-    resized = _resize(im, src_w, src_h, upscaler_name)
-    res = Image.new("RGB", (width, height))
+    resized = _resize(im, src_w, src_h, upscaler_name, plain=force_RGBA)
+    res = Image.new("RGBA" if force_RGBA else "RGB", (width, height))
     res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
     if resize_mode == 2:
         _fill_bands(res, resized, width, height, src_w, src_h, ratio, src_ratio)

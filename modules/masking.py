@@ -14,15 +14,15 @@ from modules import errors
 def create_binary_mask(image: Image.Image, round: bool = True) -> Image.Image:
     """An "L" mask from a user mask: the alpha channel of an RGBA mask that uses alpha, else luminance.
 
-    With `round`, values above 128 become 255 and the rest 0.
+    With `round`, alpha values above 128 become 255 and the rest 0; a luminance mask keeps its grey
+    levels either way (A1111 rounds only the alpha branch).
     """
     if not isinstance(image, Image.Image):
         raise errors.InvalidImage(f"mask must be a PIL image, got {type(image).__name__}", field="mask")
-    uses_alpha = image.mode == "RGBA" and image.getextrema()[-1] != (255, 255)
-    mask = image.split()[-1].convert("L") if uses_alpha else image.convert("L")
-    if round:
-        mask = mask.point(lambda v: 255 if v > 128 else 0)
-    return mask
+    if not (image.mode == "RGBA" and image.getextrema()[-1] != (255, 255)):
+        return image.convert("L")
+    mask = image.split()[-1].convert("L")
+    return mask.point(lambda v: 255 if v > 128 else 0) if round else mask
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:

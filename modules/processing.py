@@ -497,7 +497,9 @@ class Processed:
 
     def js(self) -> str:
         """The API's `info` JSON string (spec §1.5); values that cannot be serialised become null."""
-        return json.dumps({key: getattr(self, key) for key in self.JS_KEYS}, default=lambda _: None)
+        data = {key: getattr(self, key) for key in self.JS_KEYS}
+        data["prompt"], data["negative_prompt"] = self.all_prompts[0], self.all_negative_prompts[0]  # styled (A1111)
+        return json.dumps(data, default=lambda _: None)
 
     def infotext(self, p: StableDiffusionProcessing, index: int) -> str:
         """The infotext of image `index` of the job (counting from the first real image)."""
@@ -581,9 +583,11 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if not begin_batch(p, n):
                 break
             run_batch(p, n, output)
+        if not output.infotexts:                            # nothing made: the job's infotext all the same
+            output.infotexts.append(Processed(p, []).infotext(p, 0))
         make_grid(p, output)                                # 8. grid
     p.close()
-    res = Processed(p, output.images, p.all_seeds[0], output.infotexts[0] if output.infotexts else "",
+    res = Processed(p, output.images, p.all_seeds[0], output.infotexts[0],
                     subseed=p.all_subseeds[0], index_of_first_image=output.index_of_first_image,
                     infotexts=output.infotexts)             # 10. result
     run_hook(p, "postprocess", res)                         # 11. scripts' postprocess

@@ -20,7 +20,8 @@ from PIL import Image
 from modules import rng, shared
 from modules.processing_images import (decode_latent_batch, image_to_array, images_tensor_to_samples, opt_f,
                                        sample_to_image)
-from modules.processing_stages import run_hook, save_sample
+from modules.processing_infotext import create_infotext
+from modules.processing_stages import run_hook
 
 if TYPE_CHECKING:  # annotations only: processing imports this module
     from modules.processing import StableDiffusionProcessingTxt2Img
@@ -82,14 +83,13 @@ def is_same(value: Any, same_label: str) -> bool:
 
 # --- init -----------------------------------------------------------------------------------------
 def init_hires(p: StableDiffusionProcessingTxt2Img) -> None:
-    """Hires preparation in `init`: checkpoint, upscale mode, target size, infotext keys (spec §3)."""
+    """Hires preparation in `init`: checkpoint, upscale mode, target size, infotext keys (spec §3).
+
+    The keys are added in A1111's order, which is their order in the infotext: Hires checkpoint,
+    sampler, prompt, negative prompt, schedule type, then upscale (or resize), steps, upscaler.
+    """
     from modules import upscaling
     p.extra_generation_params["Denoising strength"] = p.denoising_strength
-    calculate_target_resolution(p)
-    if p.hr_second_pass_steps:
-        p.extra_generation_params["Hires steps"] = p.hr_second_pass_steps
-    if p.hr_upscaler is not None:
-        p.extra_generation_params["Hires upscaler"] = p.hr_upscaler
     if not is_same(p.hr_checkpoint_name, "Use same checkpoint"):
         from modules import sd_models
         p.hr_checkpoint_info = sd_models.get_checkpoint_info(p.hr_checkpoint_name)
@@ -97,13 +97,18 @@ def init_hires(p: StableDiffusionProcessingTxt2Img) -> None:
             or p.hr_checkpoint_info.title
     if p.hr_sampler_name is not None and p.hr_sampler_name != p.sampler_name:
         p.extra_generation_params["Hires sampler"] = p.hr_sampler_name
+    p.extra_generation_params["Hires prompt"] = _hr_prompt_param
+    p.extra_generation_params["Hires negative prompt"] = _hr_negative_prompt_param
     p.extra_generation_params["Hires schedule type"] = None  # the sampler fills it during the second pass
     if p.hr_scheduler is None:
         p.hr_scheduler = p.scheduler
-    p.extra_generation_params["Hires prompt"] = _hr_prompt_param
-    p.extra_generation_params["Hires negative prompt"] = _hr_negative_prompt_param
     mode_name = p.hr_upscaler if p.hr_upscaler is not None else upscaling.latent_upscale_default_mode
     p.latent_scale_mode = upscaling.latent_upscale_modes.get(mode_name)
+    calculate_target_resolution(p)
+    if p.hr_second_pass_steps:
+        p.extra_generation_params["Hires steps"] = p.hr_second_pass_steps
+    if p.hr_upscaler is not None:
+        p.extra_generation_params["Hires upscaler"] = p.hr_upscaler
 
 
 def _hr_prompt_param(p: StableDiffusionProcessingTxt2Img, index: int, prompt_text: str, **_: Any) -> str | None:
@@ -121,9 +126,17 @@ def _hr_negative_prompt_param(p: StableDiffusionProcessingTxt2Img, index: int, n
 
 # --- the second pass ------------------------------------------------------------------------------
 def _save_before_highres(p: StableDiffusionProcessingTxt2Img, image: Image.Image, index: int) -> None:
+    """Image `index` of this batch before the second pass, with the job's infotext (A1111's
+    `save_intermediate`: the prompt keeps its extra-network tags; nothing for a skipped batch)."""
+    from modules import images
     opts = shared.opts
-    if opts.samples_save and not p.do_not_save_samples and opts.save_images_before_highres_fix:
-        save_sample(p, index, image, suffix="-before-highres-fix")
+    if not p.save_samples() or not opts.save_images_before_highres_fix:
+        return
+    n = p.iteration * p.batch_size + index
+    info = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, [], iteration=p.iteration,
+                           position_in_batch=index)
+    images.save_image(image, p.outpath_samples, "", p.all_seeds[n], p.all_prompts[n], opts.samples_format,
+                      info=info, p=p, suffix="-before-highres-fix")
 
 
 def upscale_for_hires(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -> tuple[torch.Tensor, Any]:

@@ -127,9 +127,9 @@ def run_batch(p: StableDiffusionProcessing, n: int, output: JobOutput) -> None:
                          seed_resize_from_h=p.seed_resize_from_h, seed_resize_from_w=p.seed_resize_from_w)
     batch = dict(batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
     run_hook(p, "before_process_batch", **batch)
-    if not p.disable_extra_networks:
-        p.parse_extra_network_prompts()
-    run_hook(p, "after_extra_networks_activate", **batch, extra_network_data=p.extra_network_data)
+    p.parse_extra_network_prompts()  # tags leave the prompts even when extra networks are disabled (A1111)
+    if not p.disable_extra_networks:  # A1111 fires this hook from the activation it skips when disabled
+        run_hook(p, "after_extra_networks_activate", **batch, extra_network_data=p.extra_network_data)
     run_hook(p, "process_batch", **batch)
     p.setup_conds()
     if n == 0:

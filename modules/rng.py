@@ -95,13 +95,17 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 
 
 def paste_centred(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """Copy the overlap of `source` into the centre of `target` (both C×H×W); offset (T−S)//2."""
+    """Copy the overlap of `source` into the centre of `target` (both C×H×W); offset (T−S)//2.
+
+    A larger source is cropped by the offset on both sides (A1111's size `S + 2·offset`), so when
+    it is larger by an odd amount the last row/column of `target` keeps its own values.
+    """
     _, th, tw = target.shape
     _, sh, sw = source.shape
     dy, dx = (th - sh) // 2, (tw - sw) // 2
     ty, tx = max(dy, 0), max(dx, 0)
     sy, sx = max(-dy, 0), max(-dx, 0)
-    h, w = min(sh - sy, th - ty), min(sw - sx, tw - tx)
+    h, w = sh - 2 * sy, sw - 2 * sx
     target[:, ty:ty + h, tx:tx + w] = source[:, sy:sy + h, sx:sx + w]
     return target
 

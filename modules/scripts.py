@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -139,10 +140,15 @@ class Script:
         return ""
 
     def elem_id(self, item_id: str) -> str:
-        """A1111's element id: `<tab>_<script title words>_<item_id>`."""
-        title = "".join(c if c.isalnum() or c == "_" else "_" for c in self.title().lower().replace(" ", "_"))
-        tab = "img2img" if self.is_img2img else "txt2img"
-        return f"{tab}_script_{title}_{item_id}"
+        """A1111's element id: `script_[<tab>_]<title>_<item_id>`.
+
+        The tab name is there only for a script shown the same way on both tabs; the lower-cased
+        title has whitespace turned into `_` and every other character outside `a-z_0-9` dropped.
+        """
+        need_tabname = self.show(True) == self.show(False)
+        tabname = ("img2img_" if self.is_img2img else "txt2img_") if need_tabname else ""
+        title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
+        return f"script_{tabname}{title}_{item_id}"
 
 
 def overrides(script: Script, hook: str) -> bool:

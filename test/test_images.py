@@ -274,6 +274,15 @@ def test_resize_and_fill_stretches_edges():
     assert out.getpixel((1, 32))[1] > 200 and out.getpixel((62, 32))[1] > 200
 
 
+def test_resize_force_rgba_keeps_alpha_and_skips_the_upscaler():
+    """A1111's `force_RGBA` (soft inpainting, outpainting): an RGBA canvas, plain Lanczos resizing."""
+    rgba = Image.new("RGBA", (32, 16), (255, 0, 0, 128))
+    for mode in (0, 1, 2):
+        out = images.resize_image(mode, rgba, 64, 64, upscaler_name="Bogus", force_RGBA=True)
+        assert out.mode == "RGBA" and out.size == (64, 64) and out.getpixel((32, 32))[3] == 128
+    assert images.resize_image(1, Image.new("RGB", (32, 16)), 64, 64).mode == "RGB"
+
+
 def test_resize_with_upscaler_and_errors():
     small = Image.new("RGB", (16, 16), "white")
     assert images.resize_image(0, small, 40, 24, upscaler_name="Nearest").size == (40, 24)

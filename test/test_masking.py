@@ -14,10 +14,17 @@ def square_mask(size=64, box=(16, 16, 32, 40)) -> Image.Image:
     return mask
 
 
-def test_binary_mask_from_luminance_rounds_at_128():
+def test_binary_mask_from_luminance_keeps_grey_levels():
+    """A1111 rounds only a mask taken from the alpha channel; a luminance mask keeps its grey levels."""
     mask = Image.fromarray(np.array([[0, 128, 129, 255]], dtype=np.uint8)).convert("RGB")
-    assert np.array(masking.create_binary_mask(mask)).tolist() == [[0, 0, 255, 255]]
+    assert np.array(masking.create_binary_mask(mask)).tolist() == [[0, 128, 129, 255]]
     assert np.array(masking.create_binary_mask(mask, round=False)).tolist() == [[0, 128, 129, 255]]
+
+
+def test_binary_mask_from_alpha_rounds_at_128():
+    rgba = Image.fromarray(np.array([[[0, 0, 0, a] for a in (0, 128, 129, 255)]], dtype=np.uint8), mode="RGBA")
+    assert np.array(masking.create_binary_mask(rgba)).tolist() == [[0, 0, 255, 255]]
+    assert np.array(masking.create_binary_mask(rgba, round=False)).tolist() == [[0, 128, 129, 255]]
 
 
 def test_binary_mask_uses_alpha_when_present():

@@ -364,3 +364,75 @@ def test_non_persistent_cond_cache_is_cleared_after_the_job():
     run(override_settings={"persistent_cond_cache": False})
     assert processing.StableDiffusionProcessing.cached_c == [None, None]
     assert processing.StableDiffusionProcessingTxt2Img.cached_hr_c == [None, None]
+
+
+def test_disabled_extra_networks_still_strip_tags_and_skip_the_activate_hook():
+    calls = []
+
+    class Recorder(scripts.Script):
+        def title(self):
+            return "recorder"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def after_extra_networks_activate(self, p, *args, **kwargs):
+            calls.append(kwargs["batch_number"])
+
+    runner = scripts.ScriptRunner()
+    runner.add_script(Recorder())
+    p = txt2img(prompt="a cat <lora:thing:0.5>", disable_extra_networks=True)
+    p.scripts = runner
+    res = processing.process_images(p)
+    assert p.extra_network_data == {"lora": [["thing", "0.5"]]}
+    assert calls == [], "A1111 fires after_extra_networks_activate from the activation it skips"
+    assert res.infotexts[0].startswith("a cat <lora:thing:0.5>\n")
+
+
+def test_job_stopped_before_the_first_batch_still_reports_its_infotext():
+    class Stopper(scripts.Script):
+        def title(self):
+            return "stopper"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process(self, p, *args):
+            shared.state.interrupt()
+
+    runner = scripts.ScriptRunner()
+    runner.add_script(Stopper())
+    p = txt2img(seed=77)
+    p.scripts = runner
+    try:
+        res = processing.process_images(p)
+    finally:
+        shared.state.begin("next")
+    assert res.images == [] and len(res.infotexts) == 1
+    assert res.info == res.infotexts[0] and "Seed: 77," in res.info
+    assert json.loads(res.js())["infotexts"] == [res.info]
+
+
+def test_processed_js_prompts_are_the_first_styled_prompts(tmp_path, monkeypatch):
+    from modules import styles
+    csv = tmp_path / "styles.csv"
+    csv.write_text("name,prompt,negative_prompt\nshiny,\"{prompt}, shiny\",dull\n", encoding="utf8")
+    monkeypatch.setattr(shared, "prompt_styles", styles.StyleDatabase([str(csv)]), raising=False)
+    res = run(prompt="a cube", negative_prompt="", styles=["shiny"])
+    data = json.loads(res.js())
+    assert data["prompt"] == "a cube, shiny" and data["negative_prompt"] == "dull"
+    assert res.prompt == "a cube", "the attribute keeps the request's prompt (A1111)"
+
+
+def test_failure_mid_job_restores_tiling_options_and_model(monkeypatch):
+    def explode(self, *args, **kwargs):
+        raise RuntimeError("sampler blew up")
+
+    monkeypatch.setattr(processing.StableDiffusionProcessingTxt2Img, "sample", explode)
+    p = txt2img(tiling=True, override_settings={"sd_model_checkpoint": "demo2", "CLIP_stop_at_last_layers": 2})
+    with pytest.raises(RuntimeError, match="sampler blew up"):
+        processing.process_images(p)
+    model = sd_models.model_data.sd_model
+    assert model.sd_checkpoint_info.name_for_extra == "demo"
+    assert all(m.padding_mode == "zeros" for m in model.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert shared.opts.CLIP_stop_at_last_layers == 1

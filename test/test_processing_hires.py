@@ -135,3 +135,54 @@ def test_save_before_highres_fix(env, upscaler):
         override_settings={"save_images_before_highres_fix": True})
     new = sorted(os.path.basename(f).split("-", 1)[1] for f in files_under(outputs) if f not in before)
     assert new == ["900-before-highres-fix.png", "900.png"]
+
+
+def test_hires_keys_are_in_a1111_insertion_order():
+    res = run(hr_sampler_name="Euler a", hr_scheduler="Karras", hr_prompt="a blue cube", hr_negative_prompt="ugly",
+              hr_second_pass_steps=2, hr_upscaler="Latent", override_settings={"add_version_to_infotext": False})
+    keys = [part.split(":")[0] for part in res.infotexts[0].splitlines()[-1].split(", ")]
+    hires_keys = [k for k in keys if k.startswith("Hires")]
+    assert hires_keys == ["Hires sampler", "Hires prompt", "Hires negative prompt", "Hires schedule type",
+                          "Hires upscale", "Hires steps", "Hires upscaler"]
+
+
+def test_before_highres_infotext_keeps_extra_network_tags(env):
+    import os
+    from PIL import Image
+    from modules import scripts
+    from test_processing_helpers import files_under
+    outputs = os.path.join(env, "outputs")
+    before = set(files_under(outputs)) if os.path.isdir(outputs) else set()
+    p = hires(prompt="a red cube <lora:thing:0.5>", seed=910, do_not_save_samples=False,
+              override_settings={"save_images_before_highres_fix": True})
+    p.scripts = scripts.ScriptRunner()
+    res = processing.process_images(p)
+    saved = [f for f in files_under(outputs) if f not in before and f.endswith("-before-highres-fix.png")]
+    assert len(saved) == 1 and res.infotexts[0].startswith("a red cube <lora:thing:0.5>\n")
+    text = Image.open(os.path.join(outputs, saved[0])).info["parameters"]
+    assert text.startswith("a red cube <lora:thing:0.5>\n"), "A1111 writes the job's prompt, tags included"
+
+def test_before_highres_image_of_a_skipped_batch_is_not_saved(env):
+    import os
+    from modules import scripts
+    from test_processing_helpers import files_under
+
+    class Skipper(scripts.Script):
+        def title(self):
+            return "skipper"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_before_every_sampling(self, p, *args, **kwargs):
+            if not p.is_hr_pass:
+                shared.state.skip()
+
+    outputs = os.path.join(env, "outputs")
+    before = set(files_under(outputs)) if os.path.isdir(outputs) else set()
+    runner = scripts.ScriptRunner()
+    runner.add_script(Skipper())
+    p = hires(seed=920, do_not_save_samples=False, override_settings={"save_images_before_highres_fix": True})
+    p.scripts = runner
+    processing.process_images(p)
+    assert [f for f in files_under(outputs) if f not in before] == [], "a skipped batch saves nothing (A1111)"

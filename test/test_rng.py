@@ -116,3 +116,13 @@ def test_fixed_seeds_kept():
 def test_bad_shape_rejected():
     with pytest.raises(errors.InvalidParameter, match=r"\(4, 8\)"):
         rng.ImageRNG((4, 8), [1])
+
+
+def test_seed_resize_from_larger_by_an_odd_amount_copies_as_a1111():
+    """Source 3 latent columns wider: offset (8-11)//2 = -2, so A1111 copies 11+2*(-2) = 7 columns
+    from column 2; the last column stays the full-size draw."""
+    small = torch.randn((4, 8, 11), generator=torch.Generator().manual_seed(9))
+    background = torch.randn(SHAPE, generator=torch.Generator().manual_seed(9))
+    got = rng.ImageRNG(SHAPE, [9], seed_resize_from_h=64, seed_resize_from_w=88).first()[0]
+    assert torch.equal(got[:, :, 0:7], small[:, :, 2:9])
+    assert torch.equal(got[:, :, 7], background[:, :, 7])

@@ -210,7 +210,7 @@ def test_script_helpers():
     script.on_before_component(print, elem_id="a")
     script.on_after_component(print, elem_id="b")
     assert script.on_before_component_elem_id == [("a", print)] and script.on_after_component_elem_id == [("b", print)]
-    assert script.elem_id("steps") == "txt2img_script_my_script_steps"
+    assert script.elem_id("steps") == "script_txt2img_my_script_steps"
     assert script.describe() == "" and script.ui(False) == [] and Selectable().show(False) is True
     with pytest.raises(NotImplementedError):
         scripts.Script().title()
@@ -247,3 +247,26 @@ def test_set_named_arg_and_setup_runs_once():
     assert WithSetup.setups == 1 and p.seen_args == (0.9,)
     with pytest.raises(RuntimeError, match="nope"):
         runner.set_named_arg(args, "with setup", "nope", 1)
+
+
+def test_elem_id_is_a1111s_script_tab_title_item():
+    class ImgOnly(scripts.Script):
+        def title(self):
+            return "SD upscale (2x), v1.0"
+
+        def show(self, is_img2img):
+            return is_img2img
+
+    class Always(scripts.Script):
+        def title(self):
+            return "Extra Options"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+    only = ImgOnly()
+    only.is_img2img = True
+    assert only.elem_id("scale") == "script_sd_upscale_2x_v10_scale", "one tab only: no tab name; punctuation dropped"
+    always = Always()
+    always.is_img2img = True
+    assert always.elem_id("x") == "script_img2img_extra_options_x"
