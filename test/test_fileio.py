@@ -1,0 +1,35 @@
+"""Atomic writes: complete or absent, never partial; the usual file mode."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from modules import fileio
+
+
+def test_written_file_has_the_mode_a_plain_open_would_give(tmp_path):
+    fileio.atomic_write_text(str(tmp_path / "a.txt"), "hello")
+    with open(tmp_path / "b.txt", "w") as f:
+        f.write("hello")
+    assert os.stat(tmp_path / "a.txt").st_mode & 0o777 == os.stat(tmp_path / "b.txt").st_mode & 0o777
+    assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
+    target = tmp_path / "sub" / "x.bin"
+
+    def boom(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        fileio.atomic_write(str(target), boom)
+    assert os.listdir(tmp_path / "sub") == []
+
+
+def test_replaces_an_existing_file_whole(tmp_path):
+    target = tmp_path / "x.bin"
+    fileio.atomic_write_bytes(str(target), b"old")
+    fileio.atomic_write_bytes(str(target), b"new content")
+    assert target.read_bytes() == b"new content"
