@@ -48,7 +48,8 @@ class Api:
         self.cmd_opts = cmd_opts if cmd_opts is not None else shared.cmd_opts
         self.queue_lock = queue_lock
         self._limiter: anyio.CapacityLimiter | None = None
-        self.router = APIRouter(prefix="/sdapi/v1", dependencies=[Depends(auth)] if auth else [])
+        guarded = [Depends(auth)] if auth else []
+        self.router = APIRouter(prefix="/sdapi/v1", dependencies=guarded)
         r = self.add_api_route
         r("txt2img", self.text2imgapi, ["POST"], m.TextToImageResponse)
         r("img2img", self.img2imgapi, ["POST"], m.ImageToImageResponse)
@@ -93,9 +94,10 @@ class Api:
             r("server-restart", self.restart_webui, ["POST"], None)
             r("server-stop", self.stop_webui, ["POST"], None)
         app.include_router(self.router)
+        # Task ids and live previews: behind --api-auth like /sdapi/v1 (A1111 leaves them open).
         app.add_api_route("/internal/progress", self.internal_progress, methods=["POST"],
-                          response_model=m.InternalProgressResponse)
-        app.add_api_route("/internal/pending-tasks", self.pending_tasks, methods=["GET"])
+                          response_model=m.InternalProgressResponse, dependencies=guarded)
+        app.add_api_route("/internal/pending-tasks", self.pending_tasks, methods=["GET"], dependencies=guarded)
 
     def add_api_route(self, path: str, endpoint: Callable, methods: list[str], response_model: Any) -> None:
         """A1111's helper name; every route lands under the (optionally authenticated) router."""
@@ -106,6 +108,11 @@ class Api:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(_JOB_THREADS)
         return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def _queued(self, fn: Callable[[], Any]) -> Any:
+        """Call `fn` holding the queue lock (model reloads never overlap a job)."""
+        with self.queue_lock:
+            return fn()
 
     # --- generation ---------------------------------------------------------------------------------
     async def text2imgapi(self, txt2imgreq: m.StableDiffusionTxt2ImgProcessingAPI) -> m.TextToImageResponse:
@@ -157,6 +164,10 @@ class Api:
         return m.ExtrasSingleImageResponse(html_info=html, image=image_io.encode_pil_to_base64(images[0]))
 
     def extras_batch_images(self, req: m.ExtrasBatchImagesRequest) -> m.ExtrasBatchImagesResponse:
+        limit = int(shared.opts.api_max_batch_images)
+        if len(req.imageList) > limit:  # before decoding: a tiny flat PNG decodes to megabytes
+            raise errors.InvalidParameter(
+                f"imageList holds {len(req.imageList)} images; api_max_batch_images={limit}", field="imageList")
         images = [image_io.decode_base64_to_image(f.data, f"imageList[{i}]") for i, f in enumerate(req.imageList)]
         out, html = self._run_extras(req, images)
         return m.ExtrasBatchImagesResponse(html_info=html, images=[image_io.encode_pil_to_base64(x) for x in out])
@@ -257,7 +268,11 @@ class Api:
         opts = shared.opts
         return {key: opts.data.get(key, info.default) for key, info in opts.data_labels.items()}
 
-    def set_config(self, req: dict[str, Any] = Body(...)) -> None:
+    async def set_config(self, req: dict[str, Any] = Body(...)) -> None:
+        await self._in_job_thread(self._set_config, req)
+
+    def _set_config(self, req: dict[str, Any]) -> None:
+        """Validate every key first, then set them (a checkpoint or VAE change waits for the queue)."""
         opts = shared.opts
         for key, value in req.items():
             if key not in opts.data_labels:
@@ -266,8 +281,10 @@ class Api:
         checkpoint = req.get("sd_model_checkpoint")
         if checkpoint is not None:
             from modules import sd_models
-            if sd_models.get_closet_checkpoint_match(checkpoint) is None:
+            info = sd_models.get_closet_checkpoint_match(checkpoint)
+            if info is None:
                 raise errors.CheckpointNotFound(f"model {checkpoint!r} not found", field="sd_model_checkpoint")
+            req = {**req, "sd_model_checkpoint": info.title}  # clients compare it with sd-models titles
         reloads = any(k in req for k in _RELOADING_OPTIONS)
         with self.queue_lock if reloads else contextlib.nullcontext():  # never swap a model mid-job
             for key, value in req.items():
@@ -337,10 +354,9 @@ class Api:
     def refresh_embeddings(self) -> None:
         return None
 
-    def refresh_checkpoints(self) -> None:
+    async def refresh_checkpoints(self) -> None:
         from modules import sd_models
-        with self.queue_lock:
-            sd_models.list_models()
+        await self._in_job_thread(self._queued, sd_models.list_models)
 
     def refresh_vae(self) -> None:
         return None
@@ -360,16 +376,14 @@ class Api:
     async def get_memory(self) -> dict[str, Any]:
         return {"ram": _ram_info(), "cuda": _cuda_info()}
 
-    def unloadapi(self) -> dict:
+    async def unloadapi(self) -> dict:
         from modules import sd_models
-        with self.queue_lock:
-            sd_models.unload_model_weights()
+        await self._in_job_thread(self._queued, sd_models.unload_model_weights)
         return {}
 
-    def reloadapi(self) -> dict:
+    async def reloadapi(self) -> dict:
         from modules import sd_models
-        with self.queue_lock:
-            sd_models.reload_model_weights()
+        await self._in_job_thread(self._queued, sd_models.reload_model_weights)
         return {}
 
     async def get_scripts_list(self) -> dict[str, list[str]]:

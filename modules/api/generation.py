@@ -217,15 +217,16 @@ def processing_args(req: m._ProcessingFields, cls: type) -> dict[str, Any]:
     """Constructor arguments of `cls` for `req`: limits checked, sampler resolved, API-only keys removed."""
     from modules import sd_samplers
     check_limits(req)
-    if req.override_settings:
-        shared.opts.validate_overrides(req.override_settings)
-        for key, value in req.override_settings.items():
-            check_option_value(key, value)
+    overrides = shared.opts.validate_overrides(req.override_settings or {})
+    for key, value in overrides.items():
+        check_option_value(key, value)
+    # A1111 applies overrides with opts.set(is_api=True): restrict_api options are silently ignored.
+    overrides = {k: v for k, v in overrides.items() if not shared.opts.data_labels[k].restrict_api}
     sampler, scheduler = sd_samplers.get_sampler_and_scheduler(req.sampler_name or req.sampler_index, req.scheduler)
     args = req.model_dump(exclude=set(m.API_ONLY_FIELDS))
     args.update(sampler_name=sampler, scheduler=scheduler, do_not_save_samples=not req.save_images,
                 do_not_save_grid=not req.save_images, styles=req.styles or [],
-                override_settings=dict(req.override_settings or {}), comments={})
+                override_settings=overrides, comments={})
     accepted = init_params(cls)
     return {k: v for k, v in args.items() if k in accepted}
 

@@ -12,6 +12,7 @@ import binascii
 import io
 import ipaddress
 import socket
+import time
 from typing import Any
 from urllib.parse import urlparse
 
@@ -59,7 +60,7 @@ def _public_address(host: str, field: str) -> str:
 
 
 def _fetch_url(url: str, field: str) -> bytes:
-    """GET `url` with redirects off, a timeout and a body cap.
+    """GET `url` with redirects off, a total time limit and a body cap.
 
     With `api_forbid_local_requests` the host is resolved once, every address must be public, and
     the connection goes to that checked address (Host header and TLS SNI keep the name), so a
@@ -81,6 +82,7 @@ def _fetch_url(url: str, field: str) -> bytes:
         headers["host"] = parsed.netloc.rsplit("@", 1)[-1]
         extensions["sni_hostname"] = host
     limit = int(shared.opts.api_max_body_mb) * 1024 * 1024
+    deadline = time.monotonic() + _URL_TIMEOUT_S  # httpx's timeout is per read, not per fetch
     try:
         with httpx.Client(timeout=_URL_TIMEOUT_S, follow_redirects=False) as client:
             request = client.build_request("GET", target, headers=headers, extensions=extensions)
@@ -91,6 +93,9 @@ def _fetch_url(url: str, field: str) -> bytes:
                                               field=field)
                 chunks, size = [], 0
                 for chunk in r.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise errors.InvalidImage(
+                            f"{field}: Invalid image url: {url!r} took longer than {_URL_TIMEOUT_S} s", field=field)
                     size += len(chunk)
                     if size > limit:
                         raise errors.InvalidImage(f"{field}: image at {url!r} exceeds api_max_body_mb", field=field)

@@ -85,6 +85,8 @@ def test_cors_regex():
 @pytest.mark.parametrize("route, method", [
     ("/sdapi/v1/progress", "GET"), ("/sdapi/v1/options", "GET"), ("/sdapi/v1/txt2img", "POST"),
     ("/sdapi/v1/loras", "GET"), ("/sdapi/v1/refresh-loras", "POST"), ("/sdapi/v1/interrupt", "POST"),
+    # Registered by the Api class beside /sdapi/v1: they hand out task ids and live previews.
+    ("/internal/progress", "POST"), ("/internal/pending-tasks", "GET"),
 ])
 def test_api_auth_protects_every_route(route, method):
     c = make_client("--api-auth", "alice:s3cret,bob:pw")
@@ -100,6 +102,8 @@ def test_api_auth_accepts_every_configured_user():
     c = make_client("--api-auth", "alice:s3cret,bob:pw")
     assert c.get("/sdapi/v1/progress", auth=("alice", "s3cret")).status_code == 200
     assert c.get("/sdapi/v1/progress", auth=("bob", "pw")).status_code == 200
+    assert c.get("/internal/pending-tasks", auth=("bob", "pw")).status_code == 200
+    assert c.post("/internal/progress", json={"id_task": "x"}, auth=("bob", "pw")).status_code == 200
 
 
 def test_no_auth_without_flag():

@@ -132,3 +132,28 @@ def test_server_answers_after_a_burst_of_bad_requests(base):
     assert all(c == 422 for c in codes)
     assert post(base, payload(55))["images"][0] == good
     assert threading.active_count() < 200
+
+
+def test_routes_waiting_for_the_queue_do_not_starve_other_blocking_routes(base):
+    """Reload routes that wait behind a running job must not use up the shared worker threads
+    (40 by default) that png-info and the options POST run in."""
+    from PIL import Image
+
+    from api_helpers import png_b64
+    from modules import call_queue
+    image = png_b64(Image.new("RGB", (8, 8)))
+    call_queue.queue_lock.acquire()  # stands for a long job
+    held = True
+    with concurrent.futures.ThreadPoolExecutor(48) as pool:
+        try:
+            waiting = [pool.submit(httpx.post, f"{base}{API}/refresh-checkpoints", timeout=60) for _ in range(48)]
+            time.sleep(1.0)
+            assert not any(f.done() for f in waiting)
+            t0 = time.perf_counter()
+            r = httpx.post(f"{base}{API}/png-info", json={"image": image}, timeout=10)
+            assert r.status_code == 200 and time.perf_counter() - t0 < 5.0
+        finally:
+            call_queue.queue_lock.release()
+            held = False
+        assert all(f.result().status_code == 200 for f in waiting)
+    assert not held

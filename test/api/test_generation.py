@@ -135,6 +135,24 @@ def test_valid_request_after_bad_ones_is_correct(client):
     assert txt2img(client, seed=99)["images"][0] == reference
 
 
+def test_failed_job_releases_the_queue_and_resets_progress(client, api_runtime):
+    """A job that fails inside the queue (validation in process_images) leaves nothing behind, and
+    an interrupt or skip sent while idle does not reach the next job."""
+    from modules import call_queue
+    reference = txt2img(client, seed=7)["images"][0]
+    r = client.post(f"{API}/txt2img", json={**TXT2IMG_BASE, "width": 4096, "force_task_id": "task(txt2img-FAIL000)"})
+    assert r.status_code == 422 and "width" in r.json()["detail"]
+    assert not call_queue.queue_lock.locked() and call_queue.current_task is None
+    assert call_queue.task_status("task(txt2img-FAIL000)") == (False, False, True)
+    progress = client.get(f"{API}/progress").json()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0 and progress["state"]["job"] == ""
+    client.post(f"{API}/interrupt")
+    client.post(f"{API}/skip")
+    body = txt2img(client, seed=7)
+    assert body["images"][0] == reference
+    assert client.get(f"{API}/progress").json()["state"]["interrupted"] is False
+
+
 def test_override_settings_apply_to_one_request_only(client, api_runtime):
     plain = txt2img(client, seed=3)
     with_override = txt2img(client, seed=3, override_settings={"CLIP_stop_at_last_layers": 2})
@@ -142,6 +160,19 @@ def test_override_settings_apply_to_one_request_only(client, api_runtime):
     assert api_runtime.opts.CLIP_stop_at_last_layers == 1
     assert client.get(f"{API}/options").json()["CLIP_stop_at_last_layers"] == 1
     assert txt2img(client, seed=3)["images"] == plain["images"]
+
+
+def test_override_settings_cannot_change_restricted_options(client, api_runtime):
+    """A1111 applies overrides with `opts.set(is_api=True)`: restrict_api options are ignored, so a
+    request cannot switch on URL fetching (or drop the local-address guard) for its own job."""
+    from modules import processing
+    from modules.api import generation, models
+    restricted = {"api_enable_requests": True, "api_forbid_local_requests": False, "api_useragent": "x"}
+    req = models.StableDiffusionTxt2ImgProcessingAPI(override_settings={**restricted, "CLIP_stop_at_last_layers": 2})
+    args = generation.processing_args(req, processing.StableDiffusionProcessingTxt2Img)
+    assert args["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    body = txt2img(client, seed=3, override_settings=restricted)
+    assert json.loads(body["info"])["seed"] == 3
 
 
 def test_infotext_fills_unset_fields(client):

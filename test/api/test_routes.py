@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import time
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -60,6 +61,14 @@ def test_options_post_ignores_restricted_options(client, clean_opts):
     before = clean_opts.api_enable_requests
     assert client.post(f"{API}/options", json={"api_enable_requests": not before}).status_code == 200
     assert clean_opts.api_enable_requests == before
+
+
+def test_options_post_checkpoint_alias_reads_back_as_title(client, clean_opts):
+    """Clients (Open WebUI, SillyTavern) match GET options' sd_model_checkpoint against sd-models titles."""
+    model = client.get(f"{API}/sd-models").json()[0]
+    for alias in (model["model_name"], model["hash"], model["title"]):
+        assert client.post(f"{API}/options", json={"sd_model_checkpoint": alias}).status_code == 200
+        assert client.get(f"{API}/options").json()["sd_model_checkpoint"] == model["title"]
 
 
 def test_options_post_saves_config(client, clean_opts, api_runtime):
@@ -187,6 +196,21 @@ def test_extra_batch_images_resize_to(client):
     assert [decode(x).size for x in r.json()["images"]] == [(48, 40), (48, 40)]
 
 
+def test_extra_batch_images_count_is_limited_before_decoding(client, clean_opts, monkeypatch):
+    """Small flat PNGs decode to large images: the count is checked before any is decoded."""
+    from modules.api import image_io
+    clean_opts.data["api_max_batch_images"] = 2
+    decoded = []
+    real = image_io.decode_base64_to_image
+    monkeypatch.setattr(image_io, "decode_base64_to_image", lambda *a: decoded.append(1) or real(*a))
+    images = [{"data": png_b64(Image.new("RGB", (16, 16))), "name": str(i)} for i in range(3)]
+    r = client.post(f"{API}/extra-batch-images", json={"imageList": images, "upscaler_1": "Lanczos"})
+    assert r.status_code == 422 and "api_max_batch_images" in r.json()["detail"]
+    assert decoded == []
+    ok = client.post(f"{API}/extra-batch-images", json={"imageList": images[:2], "upscaler_1": "Lanczos"})
+    assert ok.status_code == 200 and len(ok.json()["images"]) == 2
+
+
 def test_extras_missing_models_are_404(client):
     image = png_b64(Image.new("RGB", (16, 16)))
     r = client.post(f"{API}/extra-single-image", json={"image": image, "upscaler_1": "R-ESRGAN 4x+"})
@@ -234,6 +258,16 @@ def image_server():
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             hosts.append(self.headers.get("host"))
+            if self.path == "/drip":  # a never-ending body, one byte at a time
+                self.send_response(200)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                except OSError:
+                    return
             if self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", "/image.png")
@@ -274,6 +308,19 @@ def test_image_url_fetch_without_redirects(client, clean_opts, image_server):
     assert client.post(f"{API}/png-info", json={"image": f"{base}/image.png"}).status_code == 200
     r = client.post(f"{API}/png-info", json={"image": f"{base}/redirect"})
     assert r.status_code == 422 and "302" in r.json()["detail"]
+
+
+def test_image_url_fetch_has_a_total_deadline(client, clean_opts, monkeypatch, image_server):
+    """A server that keeps sending (each read within the timeout) cannot hold a request forever."""
+    from modules.api import image_io
+    port, _ = image_server
+    monkeypatch.setattr(image_io, "_URL_TIMEOUT_S", 1)
+    clean_opts.data["api_enable_requests"] = True
+    clean_opts.data["api_forbid_local_requests"] = False
+    start = time.monotonic()
+    r = client.post(f"{API}/png-info", json={"image": f"http://127.0.0.1:{port}/drip"})
+    assert r.status_code == 422 and "took longer than 1 s" in r.json()["detail"]
+    assert time.monotonic() - start < 10
 
 
 def test_loras_lists_only_the_lora_folder(client, api_runtime):
