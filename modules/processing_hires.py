@@ -93,8 +93,8 @@ def init_hires(p: StableDiffusionProcessingTxt2Img) -> None:
     if not is_same(p.hr_checkpoint_name, "Use same checkpoint"):
         from modules import sd_models
         p.hr_checkpoint_info = sd_models.get_checkpoint_info(p.hr_checkpoint_name)
-        p.extra_generation_params["Hires checkpoint"] = getattr(p.hr_checkpoint_info, "short_title", None) \
-            or p.hr_checkpoint_info.title
+        p.hr_checkpoint_info.calculate_shorthash()  # hashed now rather than at its load in the second pass
+        p.extra_generation_params["Hires checkpoint"] = p.hr_checkpoint_info.short_title
     if p.hr_sampler_name is not None and p.hr_sampler_name != p.sampler_name:
         p.extra_generation_params["Hires sampler"] = p.hr_sampler_name
     p.extra_generation_params["Hires prompt"] = _hr_prompt_param
