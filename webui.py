@@ -86,4 +86,7 @@ def start(cmd_opts: argparse.Namespace) -> None:
     initialize(cmd_opts)
     host, port = server_address(cmd_opts)
     print(f"Serena: serving on http://{host}:{port} (API docs at /docs)")
+    if host not in ("127.0.0.1", "localhost", "::1") and not (cmd_opts.api_auth or cmd_opts.gradio_auth):
+        print("Serena: WARNING: listening beyond this machine with no --api-auth or --gradio-auth: "
+              "anyone who can reach the port can generate and change settings.")
     serve(create_app(), host=host, port=port)

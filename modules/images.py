@@ -429,6 +429,14 @@ def _limit_name_length(fullfn: str, folder: str) -> str:
     return stem + ext
 
 
+def _ensure_inside(root: str, target: str, field: str) -> None:
+    """Refuse a file-name pattern that would put a file outside the output folder `root`."""
+    base = os.path.realpath(root)
+    if os.path.commonpath([base, os.path.realpath(target)]) != base:
+        raise errors.InvalidParameter(
+            f"{field} leads outside the output folder {root!r}: {target!r}", field=field)
+
+
 def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, prompt: str | None = None,
                extension: str = "png", info: str | None = None, short_filename: bool = False,
                no_prompt: bool = False, grid: bool = False, pnginfo_section_name: str = "parameters",
@@ -467,9 +475,11 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
 
     if save_to_dirs is None:
         save_to_dirs = (grid and opts.grid_save_to_dirs) or (not grid and opts.save_to_dirs and not no_prompt)
+    root = path
     if save_to_dirs:
         dirname = namegen.apply(opts.directories_filename_pattern or "[prompt_words]").lstrip(" ").rstrip("\\ /")
         path = os.path.join(path, dirname)
+    _ensure_inside(root, path, "directories_filename_pattern")
     os.makedirs(path, exist_ok=True)
 
     if forced_filename is None:
@@ -477,6 +487,7 @@ def save_image(image: Image.Image, path: str, basename: str, seed: Any = None, p
         fullfn = _choose_filename(path, basename, decoration, extension)
     else:
         fullfn = os.path.join(path, f"{forced_filename}.{extension}")
+    _ensure_inside(root, fullfn, "samples_filename_pattern")
 
     pnginfo = dict(existing_info or {})
     if info is not None:

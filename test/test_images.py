@@ -134,6 +134,20 @@ def test_save_custom_patterns_and_no_number(tmp_path):
     assert fn == str(tmp_path / "my model" / "9" / "20-9.png")
 
 
+@pytest.mark.parametrize("option, pattern", [
+    ("directories_filename_pattern", "../../escaped"),
+    ("directories_filename_pattern", "/tmp/escaped-abs"),
+    ("samples_filename_pattern", "x/../../../escaped-[seed]"),
+])
+def test_patterns_cannot_leave_the_output_folder(tmp_path, option, pattern):
+    out = tmp_path / "a" / "b" / "out"
+    settings = {option: pattern, "save_to_dirs": option == "directories_filename_pattern"}
+    with opts.override(settings), pytest.raises(errors.InvalidParameter, match=option):
+        images.save_image(IMG, str(out), "", 3, "p", "png")
+    created = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert created in ([], ["a", "a/b", "a/b/out"])  # at most the output folder itself, left empty
+
+
 def test_grid_naming_and_forced_name(tmp_path):
     fn, _ = images.save_image(IMG, str(tmp_path), "grid", 1, "p", grid=True, short_filename=True, save_to_dirs=False)
     assert os.path.basename(fn) == "grid-0000.png"

@@ -213,8 +213,8 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
     """The API application: every `/sdapi/v1` route, middleware, auth and error handling.
 
     Args:
-        cmd_opts: parsed flags; reads `api_auth`, `api_log`, `cors_allow_origins[_regex]`,
-            `api_server_stop`, `subpath`.
+        cmd_opts: parsed flags; reads `api_auth` (else `gradio_auth`), `api_log`,
+            `cors_allow_origins[_regex]`, `api_server_stop`, `subpath`.
     """
     from modules.api.api import Api
 
@@ -224,9 +224,10 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, handle_exception)
     app.add_exception_handler(Exception, handle_exception)
 
-    auth = None
-    if getattr(cmd_opts, "api_auth", None):
-        auth = make_auth_dependency(parse_credentials(cmd_opts.api_auth))
+    # The API is always served (A1111 needs --api). So that a UI login never leaves the API open,
+    # --gradio-auth also guards the API unless --api-auth names its own users.
+    credentials = getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None)
+    auth = make_auth_dependency(parse_credentials(credentials)) if credentials else None
     Api(app, cmd_opts=cmd_opts, auth=auth)
 
     # Added last = outermost: timing wraps everything (413s included), then the body limit, gzip, CORS.

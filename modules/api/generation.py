@@ -90,7 +90,8 @@ def apply_infotext(req: m._ProcessingFields, is_img2img: bool) -> m._ProcessingF
 
 
 def check_limits(req: m._ProcessingFields) -> None:
-    """Request limits from the options (api_max_pixels, api_max_batch_images, api_max_steps)."""
+    """Request limits from the options (api_max_pixels, api_max_batch_images, api_max_steps,
+    api_max_prompt_chars)."""
     opts = shared.opts
     max_pixels, max_images, max_steps = int(opts.api_max_pixels), int(opts.api_max_batch_images), int(opts.api_max_steps)
     if req.width * req.height > max_pixels:
@@ -109,6 +110,17 @@ def check_limits(req: m._ProcessingFields) -> None:
         if w * h > max_pixels:
             raise errors.InvalidParameter(
                 f"hires target {w}x{h} exceeds api_max_pixels={max_pixels}", field="hr_scale")
+    check_prompt_lengths(req, int(opts.api_max_prompt_chars))
+
+
+def check_prompt_lengths(req: m._ProcessingFields, limit: int) -> None:
+    """Prompt parsing grows faster than linearly on deeply nested brackets: bound the text."""
+    for field in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+        value = getattr(req, field, "") or ""
+        length = sum(len(x) for x in value) if isinstance(value, list) else len(value)
+        if length > limit:
+            raise errors.InvalidParameter(f"{field} is {length} characters, over api_max_prompt_chars={limit}",
+                                          field=field)
 
 
 def hires_target(req: m.StableDiffusionTxt2ImgProcessingAPI) -> tuple[int, int]:

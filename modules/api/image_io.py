@@ -31,9 +31,14 @@ def _check_pixels(image: Image.Image, field: str) -> None:
             f"{field}: image of {w}x{h} pixels exceeds api_max_pixels={limit}", field=field)
 
 
+# Raster formats a client may send. Vector/PostScript formats are left out on purpose: Pillow hands
+# EPS to Ghostscript when that is installed.
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+
+
 def _open(data: bytes, field: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     except Exception as e:
         raise errors.InvalidImage(f"{field}: Invalid encoded image ({type(e).__name__}: {e})", field=field) from e
     _check_pixels(image, field)

@@ -110,6 +110,15 @@ def test_no_auth_without_flag():
     assert make_client().get("/sdapi/v1/progress").status_code == 200
 
 
+def test_gradio_auth_also_guards_the_api_unless_api_auth_is_given():
+    client = make_client("--gradio-auth", "ui:pw")
+    assert client.get("/sdapi/v1/options").status_code == 401
+    assert client.get("/sdapi/v1/options", auth=("ui", "pw")).status_code == 200
+    client = make_client("--gradio-auth", "ui:pw", "--api-auth", "bot:key")
+    assert client.get("/sdapi/v1/options", auth=("ui", "pw")).status_code == 401
+    assert client.get("/sdapi/v1/options", auth=("bot", "key")).status_code == 200
+
+
 @pytest.mark.parametrize("spec", ["nocolon", "a:b:c", ",", ""])
 def test_bad_api_auth_spec_is_a_config_error(spec):
     with pytest.raises(errors.ConfigError):

@@ -47,12 +47,15 @@ def test_waiting_requests_do_not_block_control_routes(base):
     long_job = payload(1, steps=150, n_iter=4, width=128, height=128, force_task_id="task(txt2img-LONG000)")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         running = pool.submit(post, base, long_job)
-        waiting = [pool.submit(post, base, payload(s)) for s in range(2, 6)]
         deadline = time.time() + 60
-        while time.time() < deadline:
-            p = httpx.get(f"{base}{API}/progress", timeout=5).json()
-            if p["state"]["sampling_step"] >= 1 and p["state"]["job_count"] > 0:
+        while time.time() < deadline:  # the long job is sampling before the others are sent
+            status = httpx.post(f"{base}/internal/progress", json={"id_task": "task(txt2img-LONG000)"},
+                                timeout=5).json()
+            if status["active"] and status["progress"] > 0:
                 break
+            time.sleep(0.05)
+        waiting = [pool.submit(post, base, payload(s)) for s in range(2, 6)]
+        while httpx.get(f"{base}/internal/pending-tasks", timeout=5).json()["size"] < 4 and time.time() < deadline:
             time.sleep(0.05)
         for route in ("progress", "options", "samplers", "sd-models", "upscalers", "prompt-styles", "scripts"):
             t0 = time.perf_counter()

@@ -120,6 +120,10 @@ def test_nulls_mean_defaults(client):
     ({"subseed": -(2 ** 64)}, "subseed"),
     ({"override_settings": {"CLIP_stop_at_last_layers": "x"}}, "CLIP_stop_at_last_layers"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 99}}, "CLIP_stop_at_last_layers"),
+    ({"prompt": "[a:" * 8000 + "b" + ":0.5]" * 8000}, "api_max_prompt_chars"),
+    ({"negative_prompt": "x" * 20001}, "negative_prompt"),
+    ({"override_settings": {"directories_filename_pattern": "../../../escaped"}, "save_images": True},
+     "directories_filename_pattern"),
 ])
 def test_bad_requests_are_4xx_naming_the_problem(client, changes, word):
     r = client.post(f"{API}/txt2img", json={**TXT2IMG_BASE, **changes})

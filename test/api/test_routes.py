@@ -346,3 +346,10 @@ def test_prompt_styles(client, monkeypatch, tmp_path):
     monkeypatch.setattr(shared, "prompt_styles", styles.StyleDatabase([str(csv)]))
     items = client.get(f"{API}/prompt-styles").json()
     assert {"name": "Cinematic", "prompt": "{prompt}, film grain", "negative_prompt": "blurry"} in items
+
+
+def test_postscript_images_are_refused_before_any_decoder_runs(client):
+    """EPS would be handed to Ghostscript by Pillow; only raster formats are accepted."""
+    eps = base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n").decode()
+    r = client.post(f"{API}/png-info", json={"image": eps})
+    assert r.status_code == 422 and "Invalid encoded image" in r.json()["detail"]
