@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import html
 import io
 import time
@@ -169,13 +170,13 @@ def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
 def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
     """Run the txt2img tab's values through `generation.run_txt2img` (the API's path)."""
     from modules.api import generation
-    return _run(generation.run_txt2img, txt2img_request(values, task_id))
+    return _run(functools.partial(generation.run_txt2img, ui=True), txt2img_request(values, task_id))
 
 
 def generate_img2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
     """Run the img2img tab's values through `generation.run_img2img` (the API's path)."""
     from modules.api import generation
-    return _run(generation.run_img2img, img2img_request(values, task_id))
+    return _run(functools.partial(generation.run_img2img, ui=True), img2img_request(values, task_id))
 
 
 def txt2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:

@@ -243,19 +243,25 @@ def processing_args(req: m._ProcessingFields, cls: type) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k in accepted}
 
 
-def run_txt2img(req: m.StableDiffusionTxt2ImgProcessingAPI, outdir: str | None = None) -> Any:
-    """Run a txt2img request queued; returns the `Processed` (images saved to `outdir` if given)."""
+def run_txt2img(req: m.StableDiffusionTxt2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False) -> Any:
+    """Run a txt2img request queued; returns the `Processed` (images saved to `outdir` if given).
+
+    `ui=True` marks a browser-UI job: `p.is_api` is False and the general output folders
+    (`outdir_samples`, `outdir_grids`) win over the per-tab ones, as in A1111's UI.
+    """
     from modules import processing
     req = apply_infotext(req, is_img2img=False)
     args = processing_args(req, processing.StableDiffusionProcessingTxt2Img)
     if req.firstphase_width and req.firstphase_height:  # legacy hires: width/height are the target
         args.update(hr_resize_x=req.width, hr_resize_y=req.height, width=req.firstphase_width,
                     height=req.firstphase_height, firstphase_width=0, firstphase_height=0)
-    return run(req, processing.StableDiffusionProcessingTxt2Img, args, "txt2img", outdir=outdir)
+    return run(req, processing.StableDiffusionProcessingTxt2Img, args, "txt2img", outdir=outdir, ui=ui)
 
 
-def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None = None) -> Any:
+def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False) -> Any:
     """Run an img2img request queued (init images and mask decoded first); returns the `Processed`.
+
+    `outdir` and `ui` as for :func:`run_txt2img`.
 
     Raises:
         errors.NotFound: `init_images` is null ("Init image not found", as A1111).
@@ -273,22 +279,32 @@ def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None =
     args["mask"] = image_io.decode_base64_to_image(req.mask, "mask") if req.mask else None
     if req.mask_blur is not None:
         args["mask_blur_x"] = args["mask_blur_y"] = req.mask_blur
-    return run(req, processing.StableDiffusionProcessingImg2Img, args, "img2img", outdir=outdir)
+    return run(req, processing.StableDiffusionProcessingImg2Img, args, "img2img", outdir=outdir, ui=ui)
 
 
-def run(req: m._ProcessingFields, cls: type, args: dict[str, Any], kind: str, *, outdir: str | None = None) -> Any:
+def output_folders(kind: str, outdir: str | None, ui: bool) -> tuple[str, str]:
+    """(samples, grids) folders: `outdir` for both if given; the UI honours the general options."""
+    opts = shared.opts
+    if outdir:
+        return outdir, outdir
+    samples, grids = getattr(opts, f"outdir_{kind}_samples"), getattr(opts, f"outdir_{kind}_grids")
+    if ui:
+        return opts.outdir_samples or samples, opts.outdir_grids or grids
+    return samples, grids
+
+
+def run(req: m._ProcessingFields, cls: type, args: dict[str, Any], kind: str, *, outdir: str | None = None,
+        ui: bool = False) -> Any:
     """Build `p` inside the FIFO queue and run the selected script's `run`, else `process_images`."""
     from modules import processing
     is_img2img = kind == "img2img"
     runner = script_runner(is_img2img)
     script, script_args = build_script_args(req, runner)
     task_id = req.force_task_id or call_queue.create_task_id(kind)
-    opts = shared.opts
     with call_queue.queued_job(task_id, f"scripts_{kind}", shared.state):
         p = cls(**args)
-        p.is_api = True
-        p.outpath_samples = outdir or getattr(opts, f"outdir_{kind}_samples")
-        p.outpath_grids = outdir or getattr(opts, f"outdir_{kind}_grids")
+        p.is_api = not ui
+        p.outpath_samples, p.outpath_grids = output_folders(kind, outdir, ui)
         if runner is not None:
             p.scripts = runner
             p.script_args = tuple(script_args)

@@ -279,3 +279,15 @@ def test_unload_and_reload_checkpoint(client):
     assert txt2img(client, seed=77, steps=1)["images"][0] == reference  # loads again on demand
     assert client.post(f"{API}/reload-checkpoint").json() == {}
     assert txt2img(client, seed=77, steps=1)["images"][0] == reference
+
+
+def test_output_folders_per_front_end(api_runtime, clean_opts):
+    """API: the per-tab folders; UI: the general folders win when set (A1111); CLI --outdir: both."""
+    from modules.api import generation
+    clean_opts.data.update(outdir_samples="all-samples", outdir_grids="all-grids")
+    per_tab = (clean_opts.outdir_txt2img_samples, clean_opts.outdir_txt2img_grids)
+    assert generation.output_folders("txt2img", None, ui=False) == per_tab
+    assert generation.output_folders("txt2img", None, ui=True) == ("all-samples", "all-grids")
+    assert generation.output_folders("img2img", "out", ui=True) == ("out", "out")
+    clean_opts.data.update(outdir_samples="", outdir_grids="")
+    assert generation.output_folders("txt2img", None, ui=True) == per_tab
