@@ -1,5 +1,5 @@
 """Domain errors. Each carries the offending value in its message and the HTTP status the API maps
-it to (one exception handler in `modules.api.api` does the mapping; nothing else catches them)."""
+it to (one exception handler in `modules.api.app` does the mapping; nothing else catches them)."""
 from __future__ import annotations
 
 
