@@ -11,7 +11,7 @@ import contextlib
 import contextvars
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from modules import errors

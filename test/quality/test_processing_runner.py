@@ -6,7 +6,6 @@ replaced, except in (a) where the inner function is swapped to prove plain deleg
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 
@@ -14,7 +13,7 @@ import pytest
 
 # Imported at the top on purpose: no hidden initialisation order (M10 invariant).
 from modules import processing
-from modules.runtime import runner as runner_module
+from modules.runtime import runner as runner_module  # noqa: F401  (the import itself is under test)
 from modules.runtime.runner import ProcessingRequest, ProcessingRunner
 
 HERE = os.path.dirname(os.path.abspath(__file__))
