@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from modules import errors
 
-IMAGE_FIELDS = ("init_images", "mask")
 
 
 def _request_fields() -> dict[str, Any]:

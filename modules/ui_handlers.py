@@ -319,12 +319,12 @@ def png_info(image: Image.Image | None) -> tuple[str, dict[str, Any]]:
 
 
 # --- "Send to txt2img / img2img" (paste an infotext into a tab) ----------------------------------------------
-_PASTED_FIELDS: dict[str, tuple[str, type]] = {
-    "Prompt": ("prompt", str), "Negative prompt": ("negative_prompt", str), "Steps": ("steps", int),
-    "CFG scale": ("cfg_scale", float), "Seed": ("seed", int), "Size-1": ("width", int), "Size-2": ("height", int),
-    "Denoising strength": ("denoising_strength", float), "Hires upscale": ("hr_scale", float),
-    "Hires upscaler": ("hr_upscaler", str), "Hires steps": ("hr_second_pass_steps", int),
-    "Hires resize-1": ("hr_resize_x", int), "Hires resize-2": ("hr_resize_y", int),
+# The tab fields a pasted infotext fills, with the type each control takes; which infotext label
+# feeds which field is the API's mapping (`generation.infotext_labels`), kept in one place.
+_PASTED_TYPES: dict[str, type] = {
+    "prompt": str, "negative_prompt": str, "steps": int, "cfg_scale": float, "seed": int, "width": int,
+    "height": int, "denoising_strength": float, "hr_scale": float, "hr_upscaler": str,
+    "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
 }
 
 
@@ -338,14 +338,15 @@ def fields_from_infotext(text: str | None) -> dict[str, Any]:
     Values that do not parse, and a sampler or scheduler Serena does not know, are left out.
     """
     from modules import infotext_utils, sd_samplers
+    from modules.api import generation
     if not text:
         return {}
     params = infotext_utils.parse_generation_parameters(text)
     values: dict[str, Any] = {}
-    for label, (name, kind) in _PASTED_FIELDS.items():
-        if label in params:
+    for label, name in generation.infotext_labels(is_img2img=False).items():
+        if label in params and name in _PASTED_TYPES:
             with contextlib.suppress(TypeError, ValueError):
-                values[name] = _cast(params[label], kind)
+                values[name] = _cast(params[label], _PASTED_TYPES[name])
     with contextlib.suppress(errors.SerenaError):
         values["sampler_name"], values["scheduler"] = sd_samplers.get_sampler_and_scheduler(
             params.get("Sampler"), params.get("Schedule type"))

@@ -46,17 +46,22 @@ def _cast_like(value: Any, like: Any) -> Any:
     return value
 
 
+def infotext_labels(is_img2img: bool) -> dict[str, str]:
+    """Infotext label → request field, as A1111 applies a pasted infotext (spec §1.4)."""
+    mapping = dict(_INFOTEXT_SCRIPT_FIELDS)
+    if not is_img2img:
+        mapping.update(_INFOTEXT_TXT2IMG)
+    return mapping
+
+
 def apply_infotext(req: m._ProcessingFields, is_img2img: bool) -> m._ProcessingFields:
     """Fill fields not set in the request from `req.infotext`; option labels go to override_settings."""
     if not req.infotext:
         return req
     from modules import infotext_utils
     params = infotext_utils.parse_generation_parameters(req.infotext)
-    mapping = dict(_INFOTEXT_SCRIPT_FIELDS)
-    if not is_img2img:
-        mapping.update(_INFOTEXT_TXT2IMG)
     update: dict[str, Any] = {}
-    for label, field in mapping.items():
+    for label, field in infotext_labels(is_img2img).items():
         if label not in params or field in req.model_fields_set:
             continue
         value = params[label]
