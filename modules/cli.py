@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from modules import errors
 
 
-
 def _request_fields() -> dict[str, Any]:
     """Every request field of txt2img and img2img: name → pydantic FieldInfo."""
     from modules.api import models
