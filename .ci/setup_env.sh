@@ -10,8 +10,9 @@ fi
 stamp="venv/.serena-installed-$(basename "$req_file")"
 want="$(cat requirements.txt "$req_file" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "Installing pinned requirements from $req_file"
-  venv/bin/python -m pip install --disable-pip-version-check -q -r "$req_file"
+  echo "Installing pinned requirements from $req_file into venv/ (the first time downloads about 1 GB;"
+  echo "pip lists each package as it goes)"
+  venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -r "$req_file"
   echo "$want" > "$stamp"
 fi
 SERENA_PYTHON="$PWD/venv/bin/python"

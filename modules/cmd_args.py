@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--disable-all-extensions", action="store_true", help="load no extension")
     add("--disable-extra-extensions", action="store_true", help="load only built-in extensions")
     add("--freeze-settings", action="store_true", help="refuse every option change")
+    add("--hide-ui-dir-config", action="store_true",
+        help="make the folder and file-name options read-only (UI and API)")
+    add("--allow-outside-data-dir", action="store_true",
+        help="let folder options set through the API or UI point outside the data folder "
+             "(by default they must resolve inside --data-dir, or the install folder)")
     add("--no-prompt-history", action="store_true", help="do not write params.txt")
     add("--filenames-max-length", type=int, default=128, help="longest file name part")
     add("--unix-filenames-sanitization", action="store_true", help="only replace '/' in file names")

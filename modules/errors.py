@@ -73,3 +73,18 @@ class NotFound(SerenaError):
 
 class Interrupted(SerenaError):
     status_code = 409
+
+
+class ReadOnlyOption(SerenaError):
+    """An option that this server's flags make read-only (`--hide-ui-dir-config`)."""
+
+    status_code = 403
+
+
+class NansDetected(SerenaError):
+    """A job's numbers left the finite range (NaN or infinity in the text conditioning, the latents or
+    the decoded image): the job's own values (extreme prompt weights, CFG scale, denoising settings)
+    or the model's precision caused it, so it is the job's error, not the server's. `field` names
+    the request field to look at when one is known."""
+
+    status_code = 422

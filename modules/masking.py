@@ -25,6 +25,19 @@ def create_binary_mask(image: Image.Image, round: bool = True) -> Image.Image:
     return mask.point(lambda v: 255 if v > 128 else 0) if round else mask
 
 
+def fit_to_image(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The mask stretched over an image of `size`; the same mask when it already fits.
+
+    A mask covers its init image whatever resolution it was drawn at, so it is brought to the
+    image's size before anything else (blur, crop region, resize mode) is applied to it. Bilinear,
+    not Lanczos: a non-negative kernel leaves no faint ring around the selected area.
+    """
+    size = (int(size[0]), int(size[1]))
+    if mask.size == size:
+        return mask
+    return mask.resize(size, resample=Image.Resampling.BILINEAR)
+
+
 def gaussian_kernel(sigma: float) -> np.ndarray:
     """A normalised 1-D Gaussian of size 2·int(2.5σ+0.5)+1 (A1111's kernel size for mask blur)."""
     size = 2 * int(2.5 * sigma + 0.5) + 1

@@ -264,6 +264,39 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
     }
 
 
+# Folder options and file-name patterns: read-only under --hide-ui-dir-config (A1111's
+# `restricted_opts`), and confined to the data folder when set through the API or UI.
+FOLDER_OPTS = frozenset({
+    "outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
+    "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids", "outdir_save", "outdir_init_images",
+    "temp_dir"})
+PATTERN_OPTS = frozenset({"samples_filename_pattern", "directories_filename_pattern", "grid_zip_filename_pattern"})
+RESTRICTED_OPTS = FOLDER_OPTS | PATTERN_OPTS | {"clean_temp_dir_at_start"}
+
+
+def check_location_option(key: str, value: Any, data_path: str, *, allow_outside: bool = False) -> None:
+    """Refuse a folder option that resolves outside `data_path`, or a file-name pattern that climbs
+    out of its folder (absolute, or with a `..` part).
+
+    Raises:
+        errors.InvalidParameter: naming the option and the folder it must stay in.
+    """
+    if not isinstance(value, str) or not value:
+        return
+    if key in FOLDER_OPTS and not allow_outside:
+        base = os.path.realpath(data_path)
+        target = os.path.realpath(value if os.path.isabs(value) else os.path.join(base, value))
+        if os.path.commonpath([base, target]) != base:
+            raise errors.InvalidParameter(
+                f"option {key!r}: {value!r} is outside the data folder {data_path!r} "
+                "(start the server with --allow-outside-data-dir to allow other folders)", field=key)
+    if key in PATTERN_OPTS:
+        parts = value.replace("\\", "/").split("/")
+        if os.path.isabs(value) or value.startswith(("/", "\\")) or ".." in parts:
+            raise errors.InvalidParameter(
+                f"option {key!r}: {value!r} must be a relative pattern without '..' parts", field=key)
+
+
 # The API keeps A1111's name: note the (sic) spelling is not A1111's, the semantics are.
 RESTRICT_API_NOTE = "restrict_api options are silently ignored when set through the API (A1111 behaviour)"
 

@@ -19,6 +19,11 @@ two entry points; the work lives in one module per concern, each A1111 name re-e
 
 Per-run state lives on `p` (A1111 extensions read and write it there); what a job produces is
 gathered in a :class:`JobOutput` and turned into a :class:`Processed` at the end.
+
+Extensions replace A1111's functions here (`modules.processing.create_infotext = my_fn`). Every
+A1111 name this module exposes (`A1111_FUNCTIONS`) is therefore looked up on this module when it
+is called — by the code here through its globals, by the stage modules through a call-time
+`from modules import processing` — so the replacement is the one the pipeline uses.
 """
 from __future__ import annotations
 
@@ -32,13 +37,15 @@ import torch
 from PIL import Image
 
 from modules import processing_img2img, rng, sd_tiling, shared
+from modules.masking import create_binary_mask  # noqa: F401  (A1111 name)
 from modules.processing_hires import (HiresTarget, calculate_target_resolution, hires_target, init_hires,  # noqa: F401
                                       old_hires_fix_first_pass_dimensions, sample_hr_pass, upscale_for_hires)
 from modules.processing_images import (apply_color_correction, apply_overlay, decode_first_stage,  # noqa: F401
                                        decode_latent_batch, image_to_array, images_tensor_to_samples, lab_to_rgb,
                                        match_histogram, opt_C, opt_f, rgb_to_lab, sample_to_image,
                                        setup_color_correction, uncrop)
-from modules.processing_img2img import init_img2img, prepare_inpaint_mask, sample_img2img  # noqa: F401
+from modules.processing_img2img import (init_img2img, prepare_inpaint_mask, sample_img2img,  # noqa: F401
+                                        txt2img_image_conditioning)
 from modules.processing_infotext import SERENA_VERSION, create_infotext, program_version  # noqa: F401
 from modules.processing_prompts import (calculate_hr_conds, expand_prompts, parse_extra_networks,  # noqa: F401
                                         sampler_total_steps, setup_conds)
@@ -286,7 +293,9 @@ class StableDiffusionProcessing:
     def txt2img_image_conditioning(self, x: torch.Tensor, width: int | None = None,
                                    height: int | None = None) -> torch.Tensor | None:
         """Image conditioning for an inpainting model with nothing to keep (a grey image, mask 1)."""
-        return processing_img2img.txt2img_image_conditioning(self, x, width, height)
+        if processing_img2img.is_inpainting_model(self.sd_model):
+            self.is_using_inpainting_conditioning = True
+        return txt2img_image_conditioning(self.sd_model, x, width or self.width, height or self.height)
 
     def img2img_image_conditioning(self, source_image: torch.Tensor, latent_image: torch.Tensor,
                                    image_mask: Image.Image | torch.Tensor | None = None,
@@ -594,10 +603,15 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     return res
 
 
+A1111_FUNCTIONS = (
+    "setup_color_correction", "apply_color_correction", "uncrop", "apply_overlay", "create_binary_mask",
+    "txt2img_image_conditioning", "create_random_tensors", "decode_latent_batch", "get_fixed_seed", "fix_seed",
+    "program_version", "create_infotext", "process_images", "process_images_inner",
+    "old_hires_fix_first_pass_dimensions", "images_tensor_to_samples", "decode_first_stage", "slerp",
+)
+"""A1111's module-level functions of `modules.processing`: replacing one here changes what the pipeline calls."""
+
 __all__ = [
     "SERENA_VERSION", "StableDiffusionProcessing", "StableDiffusionProcessingTxt2Img",
-    "StableDiffusionProcessingImg2Img", "Processed", "process_images", "process_images_inner",
-    "create_infotext", "get_fixed_seed", "fix_seed", "create_random_tensors", "decode_latent_batch",
-    "apply_overlay", "apply_color_correction", "setup_color_correction", "slerp",
-    "old_hires_fix_first_pass_dimensions", "images_tensor_to_samples", "decode_first_stage",
+    "StableDiffusionProcessingImg2Img", "Processed", "opt_C", "opt_f", *A1111_FUNCTIONS,
 ]

@@ -7,6 +7,9 @@ seeds, then an img2img pass with the hires sampler, scheduler, checkpoint and pr
 comes back decoded. The size rules (:func:`hires_target`) are pure so the request checks in
 `modules/processing_validation.py` use them before anything runs. The second pass's conditioning
 is computed with the first pass's in `modules/processing_prompts.py`, where the caches are shared.
+A1111's functions (`create_infotext`, `decode_latent_batch`, `images_tensor_to_samples`,
+`old_hires_fix_first_pass_dimensions`) are looked up on `modules.processing` when called, so an
+extension's replacement there is used.
 """
 from __future__ import annotations
 
@@ -18,9 +21,7 @@ import torch
 from PIL import Image
 
 from modules import rng, shared
-from modules.processing_images import (decode_latent_batch, image_to_array, images_tensor_to_samples, opt_f,
-                                       sample_to_image)
-from modules.processing_infotext import create_infotext
+from modules.processing_images import image_to_array, opt_f, sample_to_image
 from modules.processing_stages import run_hook
 
 if TYPE_CHECKING:  # annotations only: processing imports this module
@@ -63,9 +64,10 @@ def old_hires_fix_first_pass_dimensions(width: int, height: int) -> tuple[int, i
 
 def calculate_target_resolution(p: StableDiffusionProcessingTxt2Img) -> None:
     """Fill `hr_upscale_to_x/y`, `truncate_x/y` and the Hires upscale / Hires resize infotext key."""
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     if shared.opts.use_old_hires_fix_width_height and p.applied_old_hires_behavior_to != (p.width, p.height):
         p.hr_resize_x, p.hr_resize_y = p.width, p.height
-        p.width, p.height = old_hires_fix_first_pass_dimensions(p.width, p.height)
+        p.width, p.height = processing.old_hires_fix_first_pass_dimensions(p.width, p.height)
         p.applied_old_hires_behavior_to = (p.width, p.height)
     if p.hr_resize_x == 0 and p.hr_resize_y == 0:
         p.extra_generation_params["Hires upscale"] = p.hr_scale
@@ -128,42 +130,43 @@ def _hr_negative_prompt_param(p: StableDiffusionProcessingTxt2Img, index: int, n
 def _save_before_highres(p: StableDiffusionProcessingTxt2Img, image: Image.Image, index: int) -> None:
     """Image `index` of this batch before the second pass, with the job's infotext (A1111's
     `save_intermediate`: the prompt keeps its extra-network tags; nothing for a skipped batch)."""
-    from modules import images
+    from modules import images, processing  # A1111 names are looked up on processing: extensions replace them
     opts = shared.opts
     if not p.save_samples() or not opts.save_images_before_highres_fix:
         return
     n = p.iteration * p.batch_size + index
-    info = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, [], iteration=p.iteration,
-                           position_in_batch=index)
+    info = processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, [], iteration=p.iteration,
+                                      position_in_batch=index)
     images.save_image(image, p.outpath_samples, "", p.all_seeds[n], p.all_prompts[n], opts.samples_format,
                       info=info, p=p, suffix="-before-highres-fix")
 
 
 def upscale_for_hires(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """First-pass latents → second-pass start latents and image conditioning (latent or image path)."""
-    from modules import images, upscaling
+    from modules import images, processing, upscaling  # A1111 names are looked up on processing
     width, height = p.hr_upscale_to_x, p.hr_upscale_to_y
     if p.latent_scale_mode is not None:
         mode_name = p.hr_upscaler if p.hr_upscaler is not None else upscaling.latent_upscale_default_mode
         if shared.opts.save_images_before_highres_fix:
-            for i, decoded in enumerate(decode_latent_batch(p.sd_model, samples)):
+            for i, decoded in enumerate(processing.decode_latent_batch(p.sd_model, samples)):
                 _save_before_highres(p, sample_to_image(torch.clamp((decoded + 1) / 2, 0, 1)), i)
         upscaled = upscaling.upscale_latent(samples, mode_name, height // opt_f, width // opt_f)
         return upscaled, p.txt2img_image_conditioning(upscaled, width, height)
-    decoded = decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"), check_for_nans=True)
+    decoded = processing.decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"),
+                                             check_for_nans=True)
     arrays = []
     for i, x_sample in enumerate(decoded):
         image = sample_to_image(torch.clamp((x_sample.float() + 1.0) / 2.0, 0.0, 1.0))
         _save_before_highres(p, image, i)
         arrays.append(image_to_array(images.resize_image(0, image, width, height, upscaler_name=p.hr_upscaler)))
     batch = torch.from_numpy(np.stack(arrays))
-    latents = images_tensor_to_samples(batch, p.sd_model)
+    latents = processing.images_tensor_to_samples(batch, p.sd_model)
     return latents, p.img2img_image_conditioning(batch * 2 - 1, latents)
 
 
 def sample_hr_pass(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -> torch.Tensor:
     """Upscale, crop, fresh noise from the same seeds, second img2img pass; returns decoded images."""
-    from modules import sd_models, sd_samplers
+    from modules import processing, sd_models, sd_samplers  # A1111 names are looked up on processing
     if shared.state.interrupted:
         return samples
     previous = None
@@ -183,8 +186,8 @@ def sample_hr_pass(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -
         run_hook(p, "before_hr")
         run_hook(p, "process_before_every_sampling", x=samples, noise=noise, c=p.hr_c, uc=p.hr_uc)
         samples = _second_pass(p, sd_samplers, samples, noise, image_conditioning)
-        decoded = torch.stack(decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"),
-                                                  check_for_nans=True))
+        decoded = torch.stack(processing.decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"),
+                                                             check_for_nans=True))
     finally:
         p.is_hr_pass = False
         if previous is not None:

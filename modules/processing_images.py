@@ -5,7 +5,9 @@ tensor ↔ PIL conversions, the overlay that pastes the unmasked original back o
 result (`apply_overlay`), and img2img colour correction (`setup_color_correction` /
 `apply_color_correction`, Lab histogram matching). They sit apart from `modules/processing.py`
 because every mode uses them — the batch stages, the hires fix and img2img — and none of them
-needs the processing classes. `modules.processing` re-exports the A1111 names.
+needs the processing classes. `modules.processing` re-exports the A1111 names; where one of these
+calls another A1111 name (`decode_first_stage`, `uncrop`) it looks it up there when called, as
+A1111's own functions do, so an extension's replacement is used.
 """
 from __future__ import annotations
 
@@ -35,12 +37,16 @@ def decode_latent_batch(model: Any, batch: torch.Tensor, target_device: torch.de
 
     `check_for_nans` raises on a NaN result unless `--disable-nan-check` is given (A1111's flag).
     """
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     decoded = []
     check_for_nans = check_for_nans and not getattr(shared.cmd_opts, "disable_nan_check", False)
     for i in range(batch.shape[0]):
-        image = decode_first_stage(model, batch[i:i + 1])[0]
+        image = processing.decode_first_stage(model, batch[i:i + 1])[0]
         if check_for_nans and torch.isnan(image).any():
-            raise errors.SerenaError(f"VAE produced NaNs decoding image {i} of the batch")
+            raise errors.NansDetected(
+                f"VAE produced NaNs decoding image {i} of the batch: the job's values (extreme prompt weights, "
+                "CFG scale, denoising or hires settings) or the model's precision pushed the latents out of "
+                "range; lower them, or run the VAE in full precision (--no-half-vae)")
         decoded.append(image.to(target_device) if target_device is not None else image)
     return decoded
 
@@ -75,10 +81,11 @@ def uncrop(image: Image.Image, dest_size: tuple[int, int], paste_loc: tuple[int,
 def apply_overlay(image: Image.Image, paste_loc: tuple | None,
                   overlay: Image.Image | None) -> tuple[Image.Image, Image.Image]:
     """Composite the original (outside the mask) over the result; returns (image, denoised image)."""
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     if overlay is None:
         return image, image.copy()
     if paste_loc is not None:
-        image = uncrop(image, (overlay.width, overlay.height), paste_loc)
+        image = processing.uncrop(image, (overlay.width, overlay.height), paste_loc)
     original_denoised = image.copy()
     image = image.convert("RGBA")
     image.alpha_composite(overlay)

@@ -8,6 +8,16 @@ sampler. The image conditioning of inpainting models (both modes' `*_image_condi
 lives here too, as it is built from the same masks. The pure pixel helpers these use (overlay,
 colour correction, VAE encode) are in `modules/processing_images.py`; the request checks for these
 fields are in `modules/processing_validation.py`.
+
+Sizes: a mask is first stretched over its init image (whatever resolution it was drawn at), then
+follows the image through the resize mode. Resize mode 3 ("just resize (latent upscale)") encodes
+the image at its own size and stretches the latent; the mask, the overlay and the inpainting-model
+conditioning are stretched to the requested size with it, so the result has the requested size.
+"Only masked" crops around the mask and pastes the result back: it has the init image's size.
+
+A1111's names (`create_binary_mask`, `images_tensor_to_samples`, `setup_color_correction`,
+`create_random_tensors`) are looked up on `modules.processing` when called, so an extension that
+replaces one there is the one used.
 """
 from __future__ import annotations
 
@@ -19,9 +29,8 @@ import torch
 from PIL import Image, ImageOps
 
 from modules import masking, shared
-from modules.processing_images import image_to_array, images_tensor_to_samples, opt_f, setup_color_correction
+from modules.processing_images import image_to_array, opt_f
 from modules.processing_stages import data_dir, run_hook
-from modules.rng import create_random_tensors
 from modules.scripts import MaskBlendArgs
 
 if TYPE_CHECKING:  # annotations only: processing imports this module
@@ -29,43 +38,59 @@ if TYPE_CHECKING:  # annotations only: processing imports this module
 
 
 # --- inpainting-model conditioning ----------------------------------------------------------------
-def txt2img_image_conditioning(p: StableDiffusionProcessing, x: torch.Tensor, width: int | None = None,
-                               height: int | None = None) -> torch.Tensor | None:
-    """Image conditioning for an inpainting model with nothing to keep (a grey image, mask 1)."""
-    model = p.sd_model
-    if not getattr(model, "is_inpainting", False):
+def is_inpainting_model(model: Any) -> bool:
+    """Whether the model's UNet takes the 5 extra channels of image conditioning (mask + masked image)."""
+    return bool(getattr(model, "is_inpainting", False))
+
+
+def txt2img_image_conditioning(sd_model: Any, x: torch.Tensor, width: int, height: int) -> torch.Tensor | None:
+    """Image conditioning for an inpainting model with nothing to keep (a grey image, mask 1).
+
+    A1111's module-level function (`modules.processing.txt2img_image_conditioning`); None for
+    other models, whose samplers take no image conditioning.
+    """
+    from modules import processing  # A1111 names are looked up there: extensions replace them
+    if not is_inpainting_model(sd_model):
         return None
-    p.is_using_inpainting_conditioning = True
-    width, height = width or p.width, height or p.height
     grey = torch.full((x.shape[0], 3, height, width), 0.5, device=x.device, dtype=torch.float32)
-    latent = images_tensor_to_samples(grey, model)
+    latent = processing.images_tensor_to_samples(grey, sd_model)
     return torch.nn.functional.pad(latent, (0, 0, 0, 0, 1, 0), value=1.0).to(x.dtype)
 
 
 def img2img_image_conditioning(p: StableDiffusionProcessing, source_image: torch.Tensor, latent_image: torch.Tensor,
                                image_mask: Image.Image | torch.Tensor | None = None,
                                round_image_mask: bool = True) -> torch.Tensor | None:
-    """Inpainting-model conditioning: the masked source encoded, with the mask at latent size."""
-    if not getattr(p.sd_model, "is_inpainting", False):
+    """Inpainting-model conditioning: the masked source encoded, with the mask at latent size.
+
+    The mask is brought to the source's size; the encoded source to the latent's size (resize
+    mode 3 encodes the init image at its own size and stretches the latent).
+    """
+    if not is_inpainting_model(p.sd_model):
         return None
     p.is_using_inpainting_conditioning = True
     mask = _conditioning_mask(source_image, image_mask, round_image_mask)
     weight = getattr(p, "inpainting_mask_weight", shared.opts.inpainting_mask_weight)
     masked = torch.lerp(source_image, source_image * (1.0 - mask), weight)
     encoded = p.sd_model.encode_first_stage(masked)
+    if encoded.shape[-2:] != latent_image.shape[-2:]:
+        encoded = torch.nn.functional.interpolate(encoded, size=latent_image.shape[-2:], mode="bilinear")
     mask = torch.nn.functional.interpolate(mask, size=latent_image.shape[-2:])
     mask = mask.expand(encoded.shape[0], -1, -1, -1)
     return torch.cat([mask.to(encoded.dtype), encoded], dim=1)
 
 
 def _conditioning_mask(source_image: torch.Tensor, image_mask: Any, round_mask: bool) -> torch.Tensor:
+    """The mask as a 1×1×H×W tensor at the source image's size (1 where inpainting happens)."""
+    height, width = source_image.shape[-2:]
     if image_mask is None:
-        mask = source_image.new_ones(1, 1, *source_image.shape[-2:])
+        mask = source_image.new_ones(1, 1, height, width)
     elif torch.is_tensor(image_mask):
         mask = image_mask
+        if mask.shape[-2:] != (height, width):
+            mask = torch.nn.functional.interpolate(mask.float(), size=(height, width), mode="bilinear")
     else:
-        arr = np.array(image_mask.convert("L"), dtype=np.float32) / 255.0
-        mask = torch.from_numpy(arr[None, None])
+        fitted = masking.fit_to_image(image_mask.convert("L"), (width, height))
+        mask = torch.from_numpy((np.array(fitted, dtype=np.float32) / 255.0)[None, None])
         if round_mask:
             mask = torch.round(mask)
     return mask.to(device=source_image.device, dtype=source_image.dtype)
@@ -74,7 +99,7 @@ def _conditioning_mask(source_image: torch.Tensor, image_mask: Any, round_mask: 
 # --- init -----------------------------------------------------------------------------------------
 def init_img2img(p: StableDiffusionProcessingImg2Img, all_seeds: list[int]) -> None:
     """img2img `init`: sampler, mask, init images → `init_latent`, latent masks, image conditioning."""
-    from modules import sd_samplers
+    from modules import processing, sd_samplers  # A1111 names are looked up on processing: extensions replace them
     opts = shared.opts
     p.extra_generation_params["Denoising strength"] = p.denoising_strength
     if p.initial_noise_multiplier is None:
@@ -90,7 +115,7 @@ def init_img2img(p: StableDiffusionProcessingImg2Img, all_seeds: list[int]) -> N
         p.color_corrections = []
     arrays = [_prepare_init_image(p, img, image_mask, latent_mask, crop) for img in p.init_images]
     batch = _init_batch(p, arrays)
-    p.init_latent = images_tensor_to_samples(batch, p.sd_model)
+    p.init_latent = processing.images_tensor_to_samples(batch, p.sd_model)
     if p.resize_mode == 3:
         p.init_latent = torch.nn.functional.interpolate(p.init_latent, size=(p.height // opt_f, p.width // opt_f),
                                                         mode="bilinear")
@@ -102,11 +127,13 @@ def init_img2img(p: StableDiffusionProcessingImg2Img, all_seeds: list[int]) -> N
 def prepare_inpaint_mask(p: StableDiffusionProcessingImg2Img) -> tuple[Image.Image | None, tuple | None]:
     """Binary mask → invert → blur; for "only masked" the crop region and the mask at processing size.
 
-    Fills `p.mask_for_overlay`, `p.paste_to` and the mask infotext keys. Returns the mask the
-    latent mask is made from, and the crop region (None for the whole picture).
+    The mask is first stretched over the (first) init image, so a mask drawn at another resolution
+    covers the same picture. Fills `p.mask_for_overlay`, `p.paste_to` and the mask infotext keys.
+    Returns the mask the latent mask is made from, and the crop region (None for the whole picture).
     """
-    from modules import images
-    mask = masking.create_binary_mask(p.image_mask, round=p.mask_round)
+    from modules import images, processing  # A1111 names are looked up on processing: extensions replace them
+    mask = processing.create_binary_mask(p.image_mask, round=p.mask_round)
+    mask = masking.fit_to_image(mask, p.init_images[0].size)
     if p.inpainting_mask_invert:
         mask = ImageOps.invert(mask)
         p.extra_generation_params["Mask mode"] = "Inpaint not masked"
@@ -135,26 +162,38 @@ def prepare_inpaint_mask(p: StableDiffusionProcessingImg2Img) -> tuple[Image.Ima
 def _prepare_init_image(p: StableDiffusionProcessingImg2Img, img: Image.Image, image_mask: Image.Image | None,
                         latent_mask: Image.Image | None, crop: tuple | None) -> np.ndarray:
     """One init image: flatten, resize, overlay of the original, crop, masked-area fill, colour target."""
-    from modules import images
+    from modules import images, processing  # A1111 names are looked up on processing: extensions replace them
     opts = shared.opts
     _save_init_image(p, img)
     image = images.flatten(img, opts.img2img_background_color)
     if crop is None and p.resize_mode != 3:
         image = images.resize_image(p.resize_mode, image, p.width, p.height)
     if image_mask is not None:
-        if p.mask_for_overlay.size != image.size:
-            p.mask_for_overlay = images.resize_image(p.resize_mode if p.resize_mode != 3 else 0,
-                                                     p.mask_for_overlay, image.width, image.height)
-        p.overlay_images.append(masking.overlay_image(image, p.mask_for_overlay))
+        p.overlay_images.append(_overlay(p, image, crop))
     if crop is not None:
         image = images.resize_image(2, image.crop(crop), p.width, p.height)
     if image_mask is not None and p.inpainting_fill != 1:
-        image = masking.fill(image, latent_mask)
+        image = masking.fill(image, masking.fit_to_image(latent_mask.convert("L"), image.size))
         if p.inpainting_fill == 0:
             p.extra_generation_params["Masked content"] = "fill"
     if p.color_corrections is not None:
-        p.color_corrections.append(setup_color_correction(image))
+        p.color_corrections.append(processing.setup_color_correction(image))
     return image_to_array(image)
+
+
+def _overlay(p: StableDiffusionProcessingImg2Img, image: Image.Image, crop: tuple | None) -> Image.Image:
+    """The original outside the mask, at the size the result is composited at.
+
+    With resize mode 3 (whole picture) the image is encoded at its own size and the latent
+    stretched, so the result has the requested size: the original is stretched to it as well.
+    """
+    from modules import images
+    mask_resize_mode = 0 if p.resize_mode == 3 else p.resize_mode
+    if crop is None and p.resize_mode == 3 and image.size != (p.width, p.height):
+        image = images.resize_image(0, image, p.width, p.height)
+    if p.mask_for_overlay.size != image.size:  # another init image of another size
+        p.mask_for_overlay = images.resize_image(mask_resize_mode, p.mask_for_overlay, image.width, image.height)
+    return masking.overlay_image(image, p.mask_for_overlay)
 
 
 def _save_init_image(p: StableDiffusionProcessingImg2Img, img: Image.Image) -> None:
@@ -180,13 +219,14 @@ def _init_batch(p: StableDiffusionProcessingImg2Img, arrays: list[np.ndarray]) -
 
 def _latent_masks(p: StableDiffusionProcessingImg2Img, latent_mask: Image.Image, all_seeds: list[int]) -> None:
     """`mask` (keep) and `nmask` (inpaint) at latent size; fills 2 and 3 replace the masked latent."""
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     channels, height, width = p.init_latent.shape[1:]
     nmask = masking.latent_mask(latent_mask, height, width, channels, p.mask_round)
     device, dtype = p.init_latent.device, p.init_latent.dtype
     p.mask = torch.asarray(1.0 - nmask).to(device=device, dtype=dtype)
     p.nmask = torch.asarray(nmask).to(device=device, dtype=dtype)
     if p.inpainting_fill == 2:
-        noise = create_random_tensors(p.init_latent.shape[1:], all_seeds[0:p.init_latent.shape[0]])
+        noise = processing.create_random_tensors(p.init_latent.shape[1:], all_seeds[0:p.init_latent.shape[0]])
         p.init_latent = p.init_latent * p.mask + noise.to(device=device, dtype=dtype) * p.nmask
         p.extra_generation_params["Masked content"] = "latent noise"
     elif p.inpainting_fill == 3:

@@ -4,7 +4,9 @@
 content from a processing object: the base keys 1–26 in spec order, then the job's
 `extra_generation_params` (hires, img2img and script keys, in the order they were added), then
 `Version` and `User`. It also holds the version string that `Version` and `Processed.version`
-carry. `modules.processing` re-exports `create_infotext`, `SERENA_VERSION` and `program_version`.
+carry. `modules.processing` re-exports `create_infotext`, `SERENA_VERSION` and `program_version`;
+`create_infotext` calls `program_version` through `modules.processing`, as A1111's does, so an
+extension that replaces it there changes the `Version` key.
 """
 from __future__ import annotations
 
@@ -100,7 +102,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts: list[str], all_se
                     use_main_prompt: bool = False, index: int | None = None,
                     all_negative_prompts: list[str] | None = None) -> str:
     """The infotext of one image: prompt, negative prompt and the spec §3 keys in order."""
-    from modules import infotext_utils
+    from modules import infotext_utils, processing  # A1111 names are looked up on processing
     if index is None:
         index = position_in_batch + iteration * p.batch_size
     if all_negative_prompts is None:
@@ -109,7 +111,7 @@ def create_infotext(p: StableDiffusionProcessing, all_prompts: list[str], all_se
     negative_prompt = p.main_negative_prompt if use_main_prompt else all_negative_prompts[index]
     params = _base_params(p, index, use_main_prompt, all_seeds, all_subseeds)
     params.update(p.extra_generation_params)
-    params["Version"] = program_version() if shared.opts.add_version_to_infotext else None
+    params["Version"] = processing.program_version() if shared.opts.add_version_to_infotext else None
     params["User"] = p.user if shared.opts.add_user_name_to_info else None
     context = {"p": p, "index": index, "prompt_text": prompt_text, "negative_prompt": negative_prompt,
                "all_prompts": all_prompts, "all_seeds": all_seeds, "all_subseeds": all_subseeds,

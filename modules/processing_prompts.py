@@ -89,8 +89,15 @@ def setup_conds(p: StableDiffusionProcessing) -> None:
 
 
 def calculate_hr_conds(p: StableDiffusionProcessingTxt2Img) -> None:
-    """Second-pass conditioning; reuses the first-pass cache when the prompts are the same."""
+    """Second-pass conditioning; reuses the first-pass cache when the prompts are the same.
+
+    The batch's hires prompts are cut to one per image first: an `hr_prompt` list longer than the
+    prompts (A1111 accepts one) would otherwise give a short last batch more hires prompts than
+    images. `processing_validation` has already refused lists with too few.
+    """
     from modules import prompt_parser
+    images = len(p.prompts)
+    p.hr_prompts, p.hr_negative_prompts = p.hr_prompts[:images], p.hr_negative_prompts[:images]
     steps = p.hr_second_pass_steps or p.steps
     total_steps = sampler_total_steps(p.hr_sampler_name or p.sampler_name, steps)
     size = dict(width=p.hr_upscale_to_x, height=p.hr_upscale_to_y)

@@ -9,6 +9,11 @@ delegate to `modules/processing_hires.py` and `modules/processing_img2img.py`.
 
 What a job produces is gathered in a :class:`JobOutput`. `run_hook`, `save_sample` and `data_dir`
 are shared with the mode modules. `modules.processing` re-exports every stage name.
+
+A1111's functions (`create_infotext`, `decode_latent_batch`, `apply_overlay`,
+`apply_color_correction`, `get_fixed_seed`) are looked up on `modules.processing` when they are
+called, never bound at import: extensions replace them there. The lookup is a local import
+because `modules.processing` imports this module.
 """
 from __future__ import annotations
 
@@ -20,10 +25,7 @@ import torch
 from PIL import Image
 
 from modules import rng, shared
-from modules.processing_images import (apply_color_correction, apply_overlay, decode_latent_batch, opt_C, opt_f,
-                                       sample_to_image)
-from modules.processing_infotext import create_infotext
-from modules.rng import get_fixed_seed
+from modules.processing_images import opt_C, opt_f, sample_to_image
 from modules.scripts import PostprocessBatchListArgs, PostprocessImageArgs, PostProcessMaskOverlayArgs, PostSampleArgs
 
 if TYPE_CHECKING:  # annotations only: processing imports this module
@@ -81,7 +83,9 @@ def fix_seed(p: StableDiffusionProcessing) -> None:
 
 
 def _fixed(seed: Any) -> Any:
-    return [get_fixed_seed(s) for s in seed] if isinstance(seed, list) else get_fixed_seed(seed)
+    from modules import processing  # A1111 names are looked up there: extensions replace them
+    fixed = processing.get_fixed_seed
+    return [fixed(s) for s in seed] if isinstance(seed, list) else fixed(seed)
 
 
 def compute_seeds(p: StableDiffusionProcessing) -> None:
@@ -150,10 +154,12 @@ def run_batch(p: StableDiffusionProcessing, n: int, output: JobOutput) -> None:
 
 def decode_batch(p: StableDiffusionProcessing, samples: Any) -> torch.Tensor:
     """Stage 7.9: latents → images in [0, 1] (already-decoded hires output passes through)."""
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     if getattr(samples, "already_decoded", False):
         decoded = samples
     else:
-        decoded = decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"), check_for_nans=True)
+        decoded = processing.decode_latent_batch(p.sd_model, samples, target_device=torch.device("cpu"),
+                                                 check_for_nans=True)
     stacked = torch.stack(list(decoded)).float()
     return torch.clamp((stacked + 1.0) / 2.0, min=0.0, max=1.0)
 
@@ -172,12 +178,14 @@ def postprocess_batch(p: StableDiffusionProcessing, n: int, x_samples: torch.Ten
 
 # --- stage 7.12: each image -----------------------------------------------------------------------
 def _batch_infotext(p: StableDiffusionProcessing, i: int, use_main_prompt: bool = False) -> str:
-    return create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=use_main_prompt, index=i,
-                           all_negative_prompts=p.negative_prompts)
+    from modules import processing  # A1111 names are looked up there: extensions replace them
+    return processing.create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=use_main_prompt, index=i,
+                                      all_negative_prompts=p.negative_prompts)
 
 
 def finish_image(p: StableDiffusionProcessing, n: int, i: int, x_sample: Any, save: bool, output: JobOutput) -> None:
     """Stage 7.12 for one image: postprocess hooks, colour correction, overlay, save, infotext."""
+    from modules import processing  # A1111 names are looked up there: extensions replace them
     opts = shared.opts
     p.batch_index = i
     image = x_sample if isinstance(x_sample, Image.Image) else sample_to_image(x_sample)
@@ -185,9 +193,10 @@ def finish_image(p: StableDiffusionProcessing, n: int, i: int, x_sample: Any, sa
     mask_for_overlay, overlay = _mask_overlay(p, i)
     if p.color_corrections is not None and i < len(p.color_corrections):
         if save and opts.save_images_before_color_correction:
-            save_sample(p, i, apply_overlay(image, p.paste_to, overlay)[0], suffix="-before-color-correction")
-        image = apply_color_correction(p.color_corrections[i], image)
-    image, original_denoised = apply_overlay(image, p.paste_to, overlay)
+            before = processing.apply_overlay(image, p.paste_to, overlay)[0]
+            save_sample(p, i, before, suffix="-before-color-correction")
+        image = processing.apply_color_correction(p.color_corrections[i], image)
+    image, original_denoised = processing.apply_overlay(image, p.paste_to, overlay)
     image = _postprocess_image_hook(p, "postprocess_image_after_composite", image)
     text = _batch_infotext(p, i)
     if save:
@@ -254,13 +263,13 @@ def save_sample(p: StableDiffusionProcessing, i: int, image: Image.Image, suffix
 # --- stage 8 and params.txt -----------------------------------------------------------------------
 def make_grid(p: StableDiffusionProcessing, output: JobOutput) -> None:
     """Stage 8: a grid first in the results and/or saved, when there is more than one image."""
-    from modules import images
+    from modules import images, processing  # A1111 names are looked up on processing: extensions replace them
     opts = shared.opts
     unwanted = len(output.images) < 2 and opts.grid_only_if_multiple
     if not (opts.return_grid or opts.grid_save) or p.do_not_save_grid or unwanted or not output.images:
         return
     grid = images.image_grid(output.images, p.batch_size)
-    text = create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)
+    text = processing.create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, use_main_prompt=True)
     if opts.return_grid:
         if opts.enable_pnginfo:
             grid.info["parameters"] = text

@@ -19,7 +19,11 @@ Deliberate differences from A1111 (whose Earley grammar resolves ambiguous input
 hard to predict), all on malformed or extreme prompts:
 - a construct directly followed by three or more stray `[`, `]`, `(`, `)`, `:` characters (as in
   `[a:b:2]]):`) is still honoured; A1111 then uses the whole prompt literally;
-- brackets nested more than `MAX_NESTING` deep make the prompt literal;
+- brackets nested more than `MAX_NESTING` deep make the prompt literal (a job never gets here:
+  `processing_validation` rejects such a prompt, naming the field; see `bracket_depth`);
+- attention and AND weights are bounded to +-`MAX_ATTENTION_WEIGHT` (A1111 has no bound, so 9,999
+  nested `(` reach an infinite weight and a NaN image);
+- a schedule `when` beyond the float range (`[a:b:1e999]`) means "never" or "always" (A1111 fails);
 - in attention parsing a lone backslash stays literal (A1111 drops it), and `BREAK` inside brackets
   still breaks (A1111 multiplies its -1 marker and then encodes the word "BREAK");
 - `reconstruct_cond_batch` pads prompts of different chunk counts like `reconstruct_multicond_batch`
@@ -32,7 +36,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Union
 
-from modules.errors import InvalidParameter
+from modules.errors import InvalidParameter, NansDetected
 
 # --------------------------------------------------------------------------------------------------
 # Prompt editing: parse tree
@@ -72,6 +76,8 @@ class _TooDeep(_Unparsable):
 
 
 MAX_NESTING = 100
+"""The deepest bracket nesting a prompt may have. Deeper prompts are literal to the parser, and a job
+whose prompt nests deeper is refused by `processing_validation` (see `bracket_depth`)."""
 
 
 class _EditingParser:
@@ -231,7 +237,7 @@ class _StepRule:
             value = (value - self.float_offset) * self.steps
         else:
             value = value - self.int_offset
-        return min(self.steps, int(value))
+        return int(max(-1.0, min(float(self.steps), value)))  # bounded first: `1e999` is inf
 
 
 def _walk(nodes: Iterable[Node]) -> Iterable[Node]:
@@ -361,9 +367,30 @@ def get_learned_conditioning(model: Any, prompts: list[str], steps: int, hires_s
         if prompt not in cache:
             texts = SdConditioning([text for _, text in schedule], copy_from=prompts)
             conds = model.get_learned_conditioning(texts)
+            check_finite(conds, prompt, _field_of(prompts, hires_steps))
             cache[prompt] = [ScheduledPromptConditioning(end, conds[i]) for i, (end, _) in enumerate(schedule)]
         result.append(cache[prompt])
     return result
+
+
+def _field_of(prompts: Any, hires_steps: int | None) -> str:
+    """The request field that `prompts` came from, as far as their `SdConditioning` fields tell."""
+    name = "negative_prompt" if getattr(prompts, "is_negative_prompt", False) else "prompt"
+    return name if hires_steps is None else f"hr_{name}"
+
+
+def check_finite(conds: Any, prompt: str, field_name: str = "prompt") -> None:
+    """Raise `NansDetected` naming `field_name` when a conditioning tensor holds NaN or infinity.
+
+    Weights are bounded (`MAX_ATTENTION_WEIGHT`), so this needs a model or precision that overflows
+    anyway; the job then fails here, naming the prompt, instead of producing a NaN image.
+    """
+    import torch
+
+    if isinstance(conds, torch.Tensor) and conds.is_floating_point() and not bool(torch.isfinite(conds).all()):
+        raise NansDetected(f"the text conditioning of {field_name} {prompt[:200]!r} holds NaN or infinite values; "
+                           f"lower its extreme attention weights or use a higher-precision text encoder",
+                           field=field_name)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,10 +403,13 @@ WEIGHTED_PART_PATTERN = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))
 
 
 def split_weighted_part(part: str) -> tuple[str, float]:
-    """`"a cat :0.8"` → `("a cat", 0.8)`; without a weight the weight is 1.0."""
+    """`"a cat :0.8"` → `("a cat", 0.8)`; without a weight the weight is 1.0.
+
+    The weight is bounded to +-`MAX_ATTENTION_WEIGHT`, as attention weights are.
+    """
     match = WEIGHTED_PART_PATTERN.match(part)
     text, weight = match.group(1), match.group(2)
-    return text, float(weight) if weight is not None else 1.0
+    return text, bound_weight(float(weight)) if weight is not None else 1.0
 
 
 CondIndexes = list[list[tuple[int, float]]]
@@ -493,6 +523,20 @@ ATTENTION_TOKEN = re.compile(r"""
 BREAK_PATTERN = re.compile(r"\s*\bBREAK\b\s*", re.DOTALL)
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
+MAX_ATTENTION_WEIGHT = 100.0
+"""The largest magnitude an attention weight (or an AND weight) can reach; A1111 has no bound.
+
+Every explicit weight and every product of nested brackets is bounded to [-100, 100] as it is
+formed, so a weight reached through smaller weights is exactly A1111's (`(x)` nested 48 times is
+1.1**48 = 97.0…), 49 or more levels give 100.0, and `(x:999…9)` with 400 nines (inf as a float)
+gives 100.0; no product can reach inf or NaN. 100 is far past any useful emphasis (images degrade
+well before 5), and the CLIP output scaled by it (|values| ≲ 30 on SD1) stays well inside float16's
+range. A conditioning that is not finite all the same fails the job (`check_finite`)."""
+
+
+def bound_weight(weight: float) -> float:
+    """`weight` limited to +-`MAX_ATTENTION_WEIGHT`; a weight inside the bound is returned unchanged."""
+    return max(-MAX_ATTENTION_WEIGHT, min(MAX_ATTENTION_WEIGHT, weight))
 
 
 @dataclass
@@ -515,7 +559,7 @@ class _AttentionState:
     def multiply_from(self, start: int, factor: float) -> None:
         for run in self.runs[start:]:
             if not run.is_break:
-                run.weight *= factor
+                run.weight = bound_weight(run.weight * factor)
 
     def add_text(self, text: str) -> None:
         """Plain text, split on BREAK."""
@@ -527,7 +571,7 @@ class _AttentionState:
 
 def _parse_weight(value: str, text: str) -> float:
     try:
-        return float(value)
+        return bound_weight(float(value))
     except ValueError:
         raise InvalidParameter(f"invalid attention weight {value!r} in prompt {text!r}", field="prompt") from None
 
@@ -567,7 +611,8 @@ def parse_prompt_attention(text: str) -> list[list]:
     `(x)` multiplies by 1.1, `[x]` divides by 1.1, `(x:w)` multiplies by w; `\\(` `\\)` `\\[` `\\]`
     `\\\\` are literal characters and so is a lone backslash. Unclosed brackets apply to the end of
     the text. `BREAK` (whole word, uppercase) becomes its own `["BREAK", -1]` run; brackets around it
-    do not change it (unlike A1111, whose multiplied -1 turns it into literal text).
+    do not change it (unlike A1111, whose multiplied -1 turns it into literal text). Weights are
+    bounded to +-`MAX_ATTENTION_WEIGHT` at every multiplication.
 
     >>> parse_prompt_attention("an (important) word")
     [['an ', 1.0], ['important', 1.1], [' word', 1.0]]
@@ -585,6 +630,29 @@ def parse_prompt_attention(text: str) -> list[list]:
     if not state.runs:
         return [["", 1.0]]
     return _merge_equal_weights(state.runs)
+
+
+def bracket_depth(text: str) -> int:
+    """The deepest nesting of attention and prompt-editing brackets in `text`.
+
+    Brackets are read as `parse_prompt_attention` reads them: escaped ones do not count, an unclosed
+    one stays open to the end, a closer without its opener is text.
+
+    >>> bracket_depth(r"a ((b) [c:d:2]) \\(e\\) ((f")
+    2
+    """
+    open_count = {"(": 0, "[": 0}
+    deepest = 0
+    for match in ATTENTION_TOKEN.finditer(text):
+        kind, token = match.lastgroup, match.group(0)
+        if kind == "open":
+            open_count[token] += 1
+            deepest = max(deepest, open_count["("] + open_count["["])
+        elif (kind == "weight" or token == ")") and open_count["("]:
+            open_count["("] -= 1
+        elif token == "]" and open_count["["]:
+            open_count["["] -= 1
+    return deepest
 
 
 # --------------------------------------------------------------------------------------------------

@@ -76,6 +76,21 @@ def check_emphasis(emphasis: str) -> None:
         raise InvalidParameter(f"unknown emphasis mode {emphasis!r}; valid: {list(EMPHASIS_MODES)}", field="emphasis")
 
 
+def check_unicode(text: str, field_name: str, label: str | None = None) -> None:
+    """Raise `InvalidParameter` naming `field_name` unless `text` can be written as UTF-8.
+
+    Only an unpaired surrogate (`"\\ud800"`, which JSON's `\\u` escapes can carry) fails: it is no
+    character, so no tokenizer, file or response can hold it. `label` (default `field_name`) is how
+    the message names the text, e.g. `prompt[2]` for an entry of a list.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidParameter(
+            f"{label or field_name} is not valid Unicode: unpaired surrogate {text[error.start]!r} at position "
+            f"{error.start}", field=field_name) from None
+
+
 # --------------------------------------------------------------------------------------------------
 # Chunking
 # --------------------------------------------------------------------------------------------------
@@ -159,9 +174,16 @@ class ClipConditioner:
     # ---- text → chunks ----
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of each text, without start/end tokens and without truncation."""
+        """Token ids of each text, without start/end tokens and without truncation.
+
+        Raises:
+            InvalidParameter: a text that is not valid Unicode (an unpaired surrogate such as
+                `"\\ud800"`, which the tokenizer cannot take).
+        """
         if not texts:
             return []
+        for text in texts:
+            check_unicode(text, "prompt")
         return self.tokenizer(list(texts), truncation=False, add_special_tokens=False)["input_ids"]
 
     def tokenize_line(self, line: str, *, emphasis: str = "Original",

@@ -344,6 +344,22 @@ def mount(app: FastAPI, cmd_opts: argparse.Namespace | None = None) -> FastAPI:
     cmd_opts = cmd_opts if cmd_opts is not None else shared.cmd_opts
     blocks = create_ui()
     blocks.queue(default_concurrency_limit=1)
-    return gr.mount_gradio_app(app, blocks, path="/", auth=gradio_credentials(cmd_opts), ssr_mode=False,
-                               theme=gr.themes.Default(primary_hue="orange"), css=CSS, js=_theme_js(cmd_opts),
-                               show_error=True, footer_links=["api", "gradio"])
+    credentials = gradio_credentials(cmd_opts)
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=credentials, ssr_mode=False,
+                              theme=gr.themes.Default(primary_hue="orange"), css=CSS, js=_theme_js(cmd_opts),
+                              show_error=True, footer_links=["api", "gradio"])
+    if credentials:
+        _gate_gradio_mount(app)
+    return app
+
+
+def _gate_gradio_mount(app: FastAPI) -> None:
+    """Wrap the Gradio app mounted at `/` in :class:`modules.ui_gate.LoginGate`."""
+    from starlette.routing import Mount
+
+    from modules.ui_gate import LoginGate
+    for route in app.router.routes:
+        if isinstance(route, Mount) and route.path == "" and hasattr(route.app, "tokens"):
+            route.app = LoginGate(route.app)
+            return
+    raise errors.ConfigError("--gradio-auth: the mounted Gradio app was not found, so the UI cannot be guarded")

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import html
 import io
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ValidationError
 
 from modules import call_queue, errors, shared
 from modules.api import models
+
+log = logging.getLogger("serena.ui")
 
 # Names of the generation inputs, in the order the layout passes their values (after the task id).
 COMMON_FIELDS: tuple[str, ...] = (
@@ -59,13 +62,20 @@ class GenerationOutput:
 
 
 # --- errors ------------------------------------------------------------------------------------------
+def user_error(message: str) -> gr.Error:
+    """A `gr.Error` for a user's mistake: the browser shows `message` in a toast and the server
+    console gets one line (Gradio would print a traceback, which is for bugs, not bad input)."""
+    log.warning("UI request refused: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn domain errors into `gr.Error` (the browser shows the message in a toast)."""
     try:
         yield
     except errors.SerenaError as e:
-        raise gr.Error(e.message) from e
+        raise user_error(e.message) from e
 
 
 def _validated(cls: type[BaseModel], fields: dict[str, Any]) -> Any:
@@ -74,7 +84,7 @@ def _validated(cls: type[BaseModel], fields: dict[str, Any]) -> Any:
         return cls.model_validate(fields)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise gr.Error(f"invalid settings: {problems}") from e
+        raise user_error(f"invalid settings: {problems}") from e
 
 
 # --- UI values → API request ---------------------------------------------------------------------------
@@ -125,7 +135,7 @@ def img2img_request(values: Mapping[str, Any], task_id: str | None = None) -> mo
     """
     init_image = values.get("init_image")
     if init_image is None:
-        raise gr.Error("img2img needs an init image: upload one first")
+        raise user_error("img2img needs an init image: upload one first")
     fields = _common_fields(values, task_id)
     mask = values.get("mask")
     fields.update(init_images=[encode_png(init_image)], mask=encode_png(mask) if mask is not None else None,

@@ -102,3 +102,12 @@ def test_latent_mask_shape_and_rounding():
     assert nmask.shape == (4, 8, 8)
     assert set(np.unique(nmask)) <= {0.0, 1.0}
     assert nmask[0, 3, 2] == 1.0 and nmask[0, 0, 0] == 0.0
+
+
+def test_fit_to_image_stretches_only_a_mask_of_another_size():
+    mask = square_mask(32, (8, 8, 16, 16))
+    assert masking.fit_to_image(mask, (32, 32)) is mask
+    fitted = masking.fit_to_image(mask, (64, 48))
+    assert fitted.size == (64, 48) and fitted.mode == "L"
+    arr = np.asarray(fitted)
+    assert arr[20, 24] == 255 and arr[0, 0] == 0 and arr[47, 63] == 0

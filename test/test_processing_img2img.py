@@ -212,3 +212,75 @@ def test_save_mask_and_composite_and_colour_correction_copies(env):
     suffixes = sorted(f.split("-901")[1] for f in new)
     assert suffixes == sorted([".png", "-before-color-correction.png", "-mask-composite.png", "-mask.png"])
     assert all(f.startswith("img2img-images") for f in new)
+
+
+# --- inpainting with an init image of another size (every resize mode × inpaint area) -------------
+INIT_SIZES = [(96, 64), (64, 128), (200, 150), (64, 64)]
+
+
+def box_mask(size: tuple[int, int]) -> Image.Image:
+    """A mask selecting the box from a quarter to a half of each side."""
+    w, h = size
+    return square_mask(size, (w // 4, h // 4, w // 2, h // 2))
+
+
+def expected_original(init: Image.Image, mask: Image.Image, mode: int) -> tuple[np.ndarray, np.ndarray]:
+    """The original and the mask as the whole-picture result shows them: both resized by the mode
+    (mode 3 stretches the latent, so the image and mask are stretched: mode 0)."""
+    from modules import images
+    geometry = 0 if mode == 3 else mode
+    original = images.resize_image(geometry, init, 64, 64)
+    resized_mask = images.resize_image(geometry, mask, 64, 64).convert("L")
+    return pixels(original), np.asarray(resized_mask)
+
+
+@pytest.mark.parametrize("size", INIT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("only_masked", [False, True], ids=["whole", "only-masked"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_inpaint_any_init_size_in_every_resize_mode_and_area(mode, only_masked, size):
+    """Issue item 4: the mask follows the image's resize. The whole picture comes back at the
+    requested size; "only masked" pastes the inpainted crop back into the init image (A1111)."""
+    init, mask = test_image(*size), box_mask(size)
+    res = run(init_images=[init], mask=mask, mask_blur=0, resize_mode=mode, inpaint_full_res=only_masked,
+              steps=2, denoising_strength=0.9)
+    out = pixels(res.images[0])
+    if only_masked:
+        assert res.images[0].size == size
+        original, keep = pixels(init), np.asarray(mask) == 0
+    else:
+        assert res.images[0].size == (64, 64)
+        original, resized_mask = expected_original(init, mask, mode)
+        keep = resized_mask == 0
+    assert (out[keep] == original[keep]).all(), "the original is kept outside the mask"
+    assert np.abs(out[~keep] - original[~keep]).mean() > 1, "the masked area is inpainted"
+
+
+@pytest.mark.parametrize("mask_size", [(48, 32), (192, 128), (64, 64)], ids=lambda s: f"mask{s[0]}x{s[1]}")
+@pytest.mark.parametrize("only_masked", [False, True], ids=["whole", "only-masked"])
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_mask_of_another_size_is_stretched_over_the_init_image(mode, only_masked, mask_size):
+    """A mask drawn at another resolution (or aspect) covers the whole init image, then follows it."""
+    res = run(init_images=[test_image(96, 64)], mask=box_mask(mask_size), resize_mode=mode,
+              inpaint_full_res=only_masked, steps=2)
+    assert res.images[0].size == ((96, 64) if only_masked else (64, 64))
+
+
+def test_half_resolution_mask_selects_the_same_area():
+    init = test_image()
+    res = run(init_images=[init], mask=square_mask((32, 32), (8, 8, 20, 20)), mask_blur=0, inpainting_fill=1,
+              denoising_strength=0.9, steps=2)
+    out, original = pixels(res.images[0]), pixels(init)
+    outside = np.ones((64, 64), dtype=bool)
+    outside[14:42, 14:42] = False  # the box 16..40 and a margin for the mask's resampling
+    assert (out[outside] == original[outside]).all()
+    assert np.abs(out[18:38, 18:38] - original[18:38, 18:38]).mean() > 1
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["img2img", "inpaint"])
+def test_inpainting_checkpoint_latent_resize_of_another_size(inpainting_model, with_mask):
+    """Resize mode 3 encodes the 96×64 image as is: the conditioning is stretched with the latent."""
+    extra = dict(mask=box_mask((96, 64)), mask_blur=0) if with_mask else {}
+    p = img2img(init_images=[test_image(96, 64)], resize_mode=3, steps=2, **extra)
+    res = processing.process_images(p)
+    assert res.images[0].size == (64, 64)
+    assert p.init_latent.shape[-2:] == (8, 8) and p.image_conditioning.shape == (1, 5, 8, 8)

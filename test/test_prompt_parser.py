@@ -321,3 +321,91 @@ def test_extra_network_data_reads_unmentioned_networks_as_empty():
 def test_token_counter_texts_expand_tags_and_and_schedules():
     assert pp.get_token_counter_texts("a <lora:x:1> [b:c:2] AND d", 4) == ["a  b", "a  c", " d"]
     assert pp.get_token_counter_texts("a AND b", 4, is_positive=False) == ["a AND b"]
+
+
+# ---- bounds: weights, nesting depth, schedule steps (hardening) ---------------------------------
+
+def a1111_product(*factors: float) -> float:
+    """The weight A1111 computes: the factors multiplied one by one, innermost first."""
+    weight = 1.0
+    for factor in factors:
+        weight *= factor
+    return weight
+
+
+def test_nesting_below_the_weight_bound_keeps_a1111_floats():
+    assert pp.parse_prompt_attention("(" * 48 + "x" + ")" * 48) == [["x", a1111_product(*[1.1] * 48)]]
+    assert pp.parse_prompt_attention("[" * 100 + "x" + "]" * 100) == [["x", a1111_product(*[1 / 1.1] * 100)]]
+    assert pp.parse_prompt_attention("((x:90))") == [["x", a1111_product(90, 1.1)]]
+    assert pp.parse_prompt_attention("((x:99.5))") == [["x", 100.0]]  # 109.45 is past the bound
+
+
+def test_nesting_past_the_weight_bound_stops_at_the_bound():
+    assert pp.MAX_ATTENTION_WEIGHT == 100.0
+    assert pp.parse_prompt_attention("(" * 49 + "x" + ")" * 49) == [["x", 100.0]]
+    assert pp.parse_prompt_attention("(" * 9999 + "x" + ")" * 9999) == [["x", 100.0]]
+    assert pp.parse_prompt_attention("(" * 9999 + "x") == [["x", 100.0]]  # unclosed: to the end
+
+
+@pytest.mark.parametrize("text, weight", [("(x:" + "9" * 400 + ")", 100.0), ("(x:-" + "9" * 400 + ")", -100.0),
+                                          ("(x:1000)", 100.0), ("(x:-250.5)", -100.0), ("(x:100)", 100.0),
+                                          ("(x:-100)", -100.0), ("(x:99.99)", 99.99)])
+def test_explicit_weights_are_bounded(text, weight):
+    assert pp.parse_prompt_attention(text) == [["x", weight]]
+
+
+def test_weights_are_bounded_as_they_are_formed_so_no_product_is_nan():
+    """inf * 0 would be NaN; bounded at each step it is 100 * 0 = 0."""
+    assert pp.parse_prompt_attention("((x:" + "9" * 400 + "):0)") == [["x", 0.0]]
+    assert pp.parse_prompt_attention("((x:1000):0.5)") == [["x", 50.0]]
+
+
+def test_and_weights_are_bounded():
+    assert pp.split_weighted_part("a cat :" + "9" * 400) == ("a cat", 100.0)
+    assert pp.split_weighted_part("a cat :-1000") == ("a cat", -100.0)
+    assert pp.split_weighted_part("a cat :99.5") == ("a cat", 99.5)
+
+
+@pytest.mark.parametrize("text, depth", [("plain", 0), ("(a)", 1), ("((a) [b])", 2), ("[a:(b):2]", 2),
+                                         (r"\(\(\(a\)", 0), ("(a:1.2) (b)", 1), (")))(((", 3), ("[[[a]]]", 3),
+                                         ("(" * 101, 101), ("((a:2)(b:3))", 2)])
+def test_bracket_depth_counts_as_the_parsers_read_brackets(text, depth):
+    assert pp.bracket_depth(text) == depth
+
+
+@pytest.mark.parametrize("when", ["1e999", "1.5e999", "99999999999999999999999"])
+def test_schedule_step_past_the_float_range_never_switches(when):
+    assert schedule(f"a [b:c:{when}]") == [[10, "a b"]]
+    assert schedule(f"a [b:c:{when}]", hires_steps=5) == [[5, "a b"]]
+
+
+def test_schedule_step_below_the_float_range_switches_at_once():
+    assert schedule("a [b:c:-1e999]") == [[10, "a c"]]
+    assert schedule("a [b:c:-1e999]", old=True) == [[10, "a c"]]
+
+
+class FakeOverflowingModel(FakeConditioningModel):
+    """Fake behind the model interface whose conditioning of any text holding "boom" is infinite."""
+
+    def get_learned_conditioning(self, texts):
+        conds = super().get_learned_conditioning(texts)
+        for i, text in enumerate(texts):
+            if "boom" in text:
+                conds[i, 0, 0] = float("inf") if i % 2 else float("nan")
+        return conds
+
+
+@pytest.mark.parametrize("negative, hires, field", [(False, None, "prompt"), (True, None, "negative_prompt"),
+                                                    (False, 5, "hr_prompt"), (True, 5, "hr_negative_prompt")])
+def test_non_finite_conditioning_raises_naming_the_field(negative, hires, field):
+    from modules.errors import NansDetected
+    prompts = pp.SdConditioning(["fine", "a [calm:boom:3]"], is_negative_prompt=negative)
+    with pytest.raises(NansDetected) as caught:
+        pp.get_learned_conditioning(FakeOverflowingModel(), prompts, 10, hires)
+    assert caught.value.field == field and "'a [calm:boom:3]'" in caught.value.message
+
+
+def test_non_finite_conditioning_of_an_and_part_raises():
+    from modules.errors import NansDetected
+    with pytest.raises(NansDetected, match="boom"):
+        pp.get_multicond_learned_conditioning(FakeOverflowingModel(), pp.SdConditioning(["calm AND boom :2"]), 10)

@@ -177,3 +177,16 @@ def test_bad_arguments_raise_with_value(cond, kwargs, field):
 def test_no_texts_raises(cond):
     with pytest.raises(InvalidParameter):
         cond([])
+
+
+@pytest.mark.parametrize("text", ["a \ud800 cat", "\udfff", "cat\udc00"])
+def test_text_that_is_not_valid_unicode_raises_naming_the_prompt(cond, text):
+    with pytest.raises(InvalidParameter, match="not valid Unicode: unpaired surrogate") as caught:
+        cond(["cat", text])
+    assert caught.value.field == "prompt"
+    with pytest.raises(InvalidParameter):
+        cond.get_prompt_token_count(text)
+
+
+def test_valid_astral_characters_are_tokenized(cond):
+    assert cond.get_prompt_token_count("a cat \U0001F431")[0] > 2

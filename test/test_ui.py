@@ -122,6 +122,20 @@ def test_invalid_values_become_gr_error_before_queueing():
         h.img2img_request(img2img_values(init_image=None))
 
 
+def test_user_errors_log_one_line_and_no_traceback(serena, caplog):
+    """Gradio prints a traceback for a gr.Error unless print_exception is off: a user's mistake
+    (img2img without an image, an unknown sampler) is one console line, the message in the toast."""
+    caplog.set_level("WARNING", logger="serena.ui")
+    for call in (lambda: h.img2img_request(img2img_values(init_image=None)),
+                 lambda: h.generate_txt2img(txt2img_values(sampler_name="No Such Sampler"))):
+        caplog.clear()
+        with pytest.raises(gr.Error) as info:
+            call()
+        assert info.value.print_exception is False
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 1 and "\n" not in lines[0] and info.value.message in lines[0]
+
+
 def test_requests_match_the_api_fields():
     req = h.txt2img_request(txt2img_values(), task_id="task(txt2img-TEST000)")
     assert req.save_images is True and req.force_task_id == "task(txt2img-TEST000)"

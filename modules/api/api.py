@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import inspect
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI
 from modules import call_queue, errors, shared
 from modules.api import generation, image_io
 from modules.api import models as m
+from modules.api.strict_json import StrictJSONRoute
 
 # A1111 names extensions import from here (`from modules.api.api import decode_base64_to_image`).
 decode_base64_to_image = image_io.decode_base64_to_image
@@ -49,19 +51,20 @@ class Api:
         self.queue_lock = queue_lock
         self._limiter: anyio.CapacityLimiter | None = None
         guarded = [Depends(auth)] if auth else []
-        self.router = APIRouter(prefix="/sdapi/v1", dependencies=guarded)
+        self.router = APIRouter(prefix="/sdapi/v1", dependencies=guarded, route_class=StrictJSONRoute)
         r = self.add_api_route
-        r("txt2img", self.text2imgapi, ["POST"], m.TextToImageResponse)
-        r("img2img", self.img2imgapi, ["POST"], m.ImageToImageResponse)
-        r("extra-single-image", self.extras_single_image_api, ["POST"], m.ExtrasSingleImageResponse)
-        r("extra-batch-images", self.extras_batch_images_api, ["POST"], m.ExtrasBatchImagesResponse)
+        generation_errors = (403, 404)  # read-only option in override_settings; checkpoint, upscaler, init image
+        r("txt2img", self.text2imgapi, ["POST"], m.TextToImageResponse, generation_errors)
+        r("img2img", self.img2imgapi, ["POST"], m.ImageToImageResponse, generation_errors)
+        r("extra-single-image", self.extras_single_image_api, ["POST"], m.ExtrasSingleImageResponse, (404,))
+        r("extra-batch-images", self.extras_batch_images_api, ["POST"], m.ExtrasBatchImagesResponse, (404,))
         r("png-info", self.pnginfoapi, ["POST"], m.PNGInfoResponse)
         r("progress", self.progressapi, ["GET"], m.ProgressResponse)
-        r("interrogate", self.interrogateapi, ["POST"], m.InterrogateResponse)
+        r("interrogate", self.interrogateapi, ["POST"], m.InterrogateResponse, (404,))
         r("interrupt", self.interruptapi, ["POST"], None)
         r("skip", self.skip, ["POST"], None)
         r("options", self.get_config, ["GET"], None)
-        r("options", self.set_config, ["POST"], None)
+        r("options", self.set_config, ["POST"], None, (403, 404))  # frozen or read-only option; checkpoint
         r("cmd-flags", self.get_cmd_flags, ["GET"], None)
         r("samplers", self.get_samplers, ["GET"], list[m.SamplerItem])
         r("schedulers", self.get_schedulers, ["GET"], list[m.SchedulerItem])
@@ -77,13 +80,13 @@ class Api:
         r("refresh-embeddings", self.refresh_embeddings, ["POST"], None)
         r("refresh-checkpoints", self.refresh_checkpoints, ["POST"], None)
         r("refresh-vae", self.refresh_vae, ["POST"], None)
-        r("create/embedding", self.create_embedding, ["POST"], m.CreateResponse)
-        r("create/hypernetwork", self.create_hypernetwork, ["POST"], m.CreateResponse)
-        r("train/embedding", self.train_embedding, ["POST"], m.CreateResponse)
-        r("train/hypernetwork", self.train_hypernetwork, ["POST"], m.CreateResponse)
+        r("create/embedding", self.create_embedding, ["POST"], m.CreateResponse, (501,))
+        r("create/hypernetwork", self.create_hypernetwork, ["POST"], m.CreateResponse, (501,))
+        r("train/embedding", self.train_embedding, ["POST"], m.CreateResponse, (501,))
+        r("train/hypernetwork", self.train_hypernetwork, ["POST"], m.CreateResponse, (501,))
         r("memory", self.get_memory, ["GET"], m.MemoryResponse)
         r("unload-checkpoint", self.unloadapi, ["POST"], None)
-        r("reload-checkpoint", self.reloadapi, ["POST"], None)
+        r("reload-checkpoint", self.reloadapi, ["POST"], None, (404, 422))  # the selected file is gone or broken
         r("scripts", self.get_scripts_list, ["GET"], m.ScriptsList)
         r("script-info", self.get_script_info, ["GET"], list[m.ScriptInfo])
         r("extensions", self.get_extensions_list, ["GET"], list[m.ExtensionItem])
@@ -91,17 +94,26 @@ class Api:
         r("refresh-loras", self.refresh_loras, ["POST"], None)
         if getattr(self.cmd_opts, "api_server_stop", False):
             r("server-kill", self.kill_webui, ["POST"], None)
-            r("server-restart", self.restart_webui, ["POST"], None)
+            r("server-restart", self.restart_webui, ["POST"], None, (501,))
             r("server-stop", self.stop_webui, ["POST"], None)
         app.include_router(self.router)
         # Task ids and live previews: behind --api-auth like /sdapi/v1 (A1111 leaves them open).
         app.add_api_route("/internal/progress", self.internal_progress, methods=["POST"],
-                          response_model=m.InternalProgressResponse, dependencies=guarded)
-        app.add_api_route("/internal/pending-tasks", self.pending_tasks, methods=["GET"], dependencies=guarded)
+                          response_model=m.InternalProgressResponse, dependencies=guarded,
+                          responses=declared_responses(self.internal_progress, ["POST"], (), bool(auth)))
+        app.add_api_route("/internal/pending-tasks", self.pending_tasks, methods=["GET"], dependencies=guarded,
+                          responses=declared_responses(self.pending_tasks, ["GET"], (), bool(auth)))
 
-    def add_api_route(self, path: str, endpoint: Callable, methods: list[str], response_model: Any) -> None:
-        """A1111's helper name; every route lands under the (optionally authenticated) router."""
-        self.router.add_api_route("/" + path, endpoint, methods=methods, response_model=response_model)
+    def add_api_route(self, path: str, endpoint: Callable, methods: list[str], response_model: Any,
+                      statuses: tuple[int, ...] = ()) -> None:
+        """A1111's helper name; every route lands under the (optionally authenticated) router.
+
+        `statuses` are the error statuses the route can answer beyond the ones every route of its
+        kind can (see :func:`declared_responses`); all of them are declared in the OpenAPI document.
+        """
+        responses = declared_responses(endpoint, methods, statuses, bool(self.router.dependencies))
+        self.router.add_api_route("/" + path, endpoint, methods=methods, response_model=response_model,
+                                  responses=responses)
 
     async def _in_job_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a blocking handler in a worker thread that does not use the default thread pool."""
@@ -436,6 +448,35 @@ class Api:
             server.should_exit = True
         self.server_command = "stop"
         return "Stopping."
+
+
+_STATUS_TEXT = {
+    400: "The body could not be read (not UTF-8 or not decodable).",
+    401: "Missing or wrong credentials (--api-auth, or --gradio-auth when --api-auth is not set).",
+    403: "The option is read-only (--freeze-settings, or a folder option under --hide-ui-dir-config).",
+    404: "A named thing (checkpoint, upscaler, model, image) does not exist.",
+    413: "The body is larger than the option api_max_body_mb.",
+    422: "A value Serena cannot accept; the body names the field.",
+    501: "The route exists for A1111 compatibility but Serena does not implement it.",
+}
+
+
+def declared_responses(endpoint: Callable, methods: list[str], statuses: tuple[int, ...],
+                       authenticated: bool) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: every error status it can answer, each with its model.
+
+    Every POST can meet an unreadable body (400), a body over the limit (413) and a value it
+    cannot accept (422); a GET with parameters can meet a 422; guarded routes can answer 401.
+    """
+    codes = set(statuses)
+    if "POST" in methods:
+        codes |= {400, 413, 422}
+    elif inspect.signature(endpoint).parameters:
+        codes.add(422)
+    if authenticated:
+        codes.add(401)
+    return {code: {"model": m.UnprocessableResponse if code == 422 else m.ErrorResponse,
+                   "description": _STATUS_TEXT[code]} for code in sorted(codes)}
 
 
 def _model_files(folder: str, extensions: tuple[str, ...]) -> list[str]:

@@ -14,6 +14,7 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import secrets
 import threading
 import time
@@ -24,10 +25,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules import errors
+from modules.api.strict_json import StrictJSONRoute, is_valid_unicode
 
 log = logging.getLogger("serena.api")
 
@@ -57,7 +60,7 @@ async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("API error: %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
     headers = getattr(exc, "headers", None)
-    return JSONResponse(error_body(exc), status_code=status, headers=headers)
+    return JSONResponse(json_safe(error_body(exc)), status_code=status, headers=headers)
 
 
 async def handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -65,17 +68,34 @@ async def handle_validation_error(request: Request, exc: RequestValidationError)
     detail = []
     for err in exc.errors():
         item = {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-        if "input" in err and _small(err["input"]):
+        if "input" in err and err["input"] is not None and _small(err["input"]):
             item["input"] = err["input"]
         detail.append(item)
-    return JSONResponse({"detail": detail}, status_code=422)
+    return JSONResponse(json_safe({"detail": detail}), status_code=422)
 
 
 def _small(value: Any) -> bool:
+    """True if `value` serialises as strict JSON (finite numbers, valid text) in at most 200 characters."""
     try:
-        return len(json.dumps(value)) <= 200
+        return len(json.dumps(value, allow_nan=False).encode("utf-8")) <= 200 and json_safe(value) == value
     except (TypeError, ValueError):
         return False
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float and every string that is not valid Unicode replaced by
+    text, so an error body is valid JSON whatever the request held."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value if is_valid_unicode(value) else value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {json_safe(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return json_safe(str(value))
 
 
 # --- auth ------------------------------------------------------------------------------------------
@@ -217,8 +237,12 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
             `cors_allow_origins[_regex]`, `api_server_stop`, `subpath`.
     """
     from modules.api.api import Api
+    from modules.api.docs import add_docs_routes
 
-    app = FastAPI(title="Serena", root_path=getattr(cmd_opts, "subpath", None) or "")
+    # Docs and schema are added by add_docs_routes: offline assets, behind the same auth as the API.
+    app = FastAPI(title="Serena", root_path=getattr(cmd_opts, "subpath", None) or "",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.route_class = StrictJSONRoute
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(errors.SerenaError, handle_exception)
     app.add_exception_handler(StarletteHTTPException, handle_exception)
@@ -228,19 +252,59 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
     # --gradio-auth also guards the API unless --api-auth names its own users.
     credentials = getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None)
     auth = make_auth_dependency(parse_credentials(credentials)) if credentials else None
+    guarded = [Depends(auth)] if auth else []
     Api(app, cmd_opts=cmd_opts, auth=auth)
+    add_docs_routes(app, guarded)
+    add_method_not_allowed_routes(app, guarded)
 
     # Added last = outermost: timing wraps everything (413s included), then the body limit, gzip, CORS.
+    # CORS is always installed, allowing only the configured origins (none by default): its presence
+    # also stops the mounted Gradio app from adding its own, which echoes any localhost origin.
     origins = getattr(cmd_opts, "cors_allow_origins", None)
     origin_regex = getattr(cmd_opts, "cors_allow_origins_regex", None)
-    if origins or origin_regex:
-        app.add_middleware(CORSMiddleware, allow_origins=origins.split(",") if origins else [],
-                           allow_origin_regex=origin_regex, allow_methods=["*"],
-                           allow_credentials=True, allow_headers=["*"])
+    app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in origins.split(",")] if origins else [],
+                       allow_origin_regex=origin_regex or None, allow_methods=["*"],
+                       allow_credentials=bool(origins or origin_regex), allow_headers=["*"])
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     app.add_middleware(BodyLimitMiddleware, limit_bytes=_body_limit_bytes)
     app.add_middleware(ProcessTimeMiddleware, api_log=bool(getattr(cmd_opts, "api_log", False)))
     return app
+
+
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Every APIRoute in `routes`, descending into included routers (FastAPI keeps an included
+    APIRouter as one entry holding the `original_router`; its routes carry their full paths)."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        elif getattr(route, "original_router", None) is not None:
+            found += api_routes(route.original_router.routes)
+    return found
+
+
+def add_method_not_allowed_routes(app: FastAPI, dependencies: list[Any]) -> None:
+    """For each path the app serves, answer the other methods with 405 and an `Allow` header.
+
+    Starlette does this by itself only while no other route matches the path; the Gradio app
+    mounted at `/` matches every path, so without these a wrong method would reach it and 404.
+    """
+    allowed: dict[str, set[str]] = {}
+    for route in api_routes(app.routes):
+        allowed.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in allowed.items():
+        if "GET" in methods:
+            methods.add("HEAD")
+        others = [x for x in _HTTP_METHODS if x not in methods]
+        allow = ", ".join(sorted(methods))
+
+        def not_allowed(allow: str = allow) -> None:
+            raise StarletteHTTPException(405, "Method Not Allowed", headers={"Allow": allow})
+
+        app.add_api_route(path, not_allowed, methods=others, include_in_schema=False, dependencies=dependencies)
 
 
 def serve(app: FastAPI, host: str | None = "127.0.0.1", port: int = 7861, *,

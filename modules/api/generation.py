@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from typing import Any
 
 from modules import call_queue, errors, shared
@@ -206,14 +207,21 @@ def build_script_args(req: m._ProcessingFields, runner: Any) -> tuple[Any, list[
 
 
 def check_option_value(key: str, value: Any) -> None:
-    """Reject values whose type cannot be the option's (bool for a bool option, number for a number …)."""
+    """Reject an option value a client may not set: a type the option cannot hold (bool for a bool
+    option, finite number for a number …), a value outside its range or choices, a read-only
+    option (`--hide-ui-dir-config`), or a folder outside the data folder."""
+    from modules import options
     info = shared.opts.data_labels[key]
+    if key in options.RESTRICTED_OPTS and getattr(shared.cmd_opts, "hide_ui_dir_config", False):
+        raise errors.ReadOnlyOption(f"option {key!r} is read-only (--hide-ui-dir-config)", field=key)
+    options.check_location_option(key, value, shared.data_paths.data_path,
+                                  allow_outside=bool(getattr(shared.cmd_opts, "allow_outside_data_dir", False)))
     default = info.default
     ok = True
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok and ((info.minimum is not None and value < info.minimum) or
                    (info.maximum is not None and value > info.maximum)):
             raise errors.InvalidParameter(

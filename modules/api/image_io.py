@@ -49,16 +49,29 @@ def _open(data: bytes, field: str) -> Image.Image:
     return image
 
 
+def is_public_unicast(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True only for a globally routable unicast address: not private, loopback, link-local,
+    shared (CGNAT), reserved, unspecified, multicast or broadcast, and for an IPv6 address that
+    embeds an IPv4 one (mapped, 6to4, Teredo), the embedded address must pass too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = [address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None]
+        if any(x is not None and not is_public_unicast(x) for x in embedded):
+            return False
+    return (address.is_global and not address.is_multicast and not address.is_reserved
+            and not address.is_unspecified and not address.is_loopback and not address.is_link_local
+            and not address.is_private and address != ipaddress.IPv4Address("255.255.255.255"))
+
+
 def _public_address(host: str, field: str) -> str:
-    """The address to connect to for `host`; refused if any of its addresses is not global
-    (loopback, private, link-local …)."""
+    """The address to connect to for `host`; refused if any of its addresses is not a globally
+    routable unicast address (see :func:`is_public_unicast`)."""
     try:
         infos = socket.getaddrinfo(host, None)
     except OSError as e:
         raise errors.InvalidImage(f"{field}: Invalid image url: cannot resolve {host!r}", field=field) from e
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     for address in addresses:
-        if not address.is_global:
+        if not is_public_unicast(address):
             raise errors.InvalidImage(
                 f"{field}: Invalid image url: {host!r} resolves to non-public address {address}", field=field)
     return str(addresses[0])

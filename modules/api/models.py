@@ -8,15 +8,15 @@ Unknown keys are ignored (A1111's pydantic v1 behaviour; clients such as webuiap
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 
 class _NullMeansDefault(BaseModel):
     """Base: ignore unknown keys; an explicit null on a field with a non-null default is dropped."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -340,3 +340,30 @@ class LoraItem(BaseModel):
 
 class CreateResponse(BaseModel):
     info: str
+
+
+# --- error bodies (declared in the OpenAPI document for every status a route can answer) --------------
+class ErrorResponse(BaseModel):
+    """A1111's error body: every 4xx/5xx except request-validation failures."""
+
+    error: str = Field(description="The error's class name, e.g. InvalidParameter, NotFound, HTTPException.")
+    detail: Any = Field("", description="What went wrong, naming the offending field or value.")
+    body: Any = Field("", description="Extra data about the error; empty for most.")
+    errors: str = Field("", description="The error as text.")
+
+
+class ValidationErrorItem(BaseModel):
+    loc: list[str | int] = Field(description="Where: 'body', then the field path.")
+    msg: str
+    type: str
+    input: Any = None
+
+
+class ValidationErrorResponse(BaseModel):
+    """FastAPI's request-validation failure (wrong type, out of range, malformed JSON …)."""
+
+    detail: list[ValidationErrorItem]
+
+
+class UnprocessableResponse(RootModel[Union[ValidationErrorResponse, ErrorResponse]]):
+    """422: a request value Serena cannot accept, in FastAPI's validation shape or A1111's error shape."""

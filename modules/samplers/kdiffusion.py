@@ -2,7 +2,8 @@
 
 Each sampler is `sample_x(model, x, sigmas, extra_args=None, callback=None, disable=None, **knobs)`:
 `model(x, sigma_batch, **extra_args)` returns the denoised estimate, `x` is already scaled to
-`sigmas[0]`, and `callback` receives `{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}` once per step.
+`sigmas[0]`, and `callback` receives `{'x', 'i', 'sigma', 'sigma_hat', 'denoised'}` once per step
+(DPM adaptive: once per attempted step, after it, with k-diffusion's extra keys).
 Stochastic samplers draw noise through `noise_sampler(sigma, sigma_next)`, default fresh Gaussian.
 `disable` is accepted for k-diffusion signature compatibility (no progress bars here).
 """
@@ -34,12 +35,18 @@ def _churn(sigma, n_steps: int, s_churn: float, s_tmin: float, s_tmax: float) ->
 def _churned_denoise(model, x, sigmas, i: int, s_in, extra_args: dict, callback: Callback | None,
                      noise_sampler: NoiseSampler, churn: tuple[float, float, float, float]):
     """Step i's start in Karras' Algorithm 2: raise sigma_i to sigma_hat with fresh noise (churn),
-    denoise there and report. Returns (x, sigma_hat, denoised, d)."""
+    denoise there and report. Returns (x, sigma_hat, denoised, d).
+
+    One noise is drawn on every step, churned or not (gamma may be 0 because s_churn is 0 or
+    sigma_i lies outside [s_tmin, s_tmax]); it is only added when gamma > 0. k-diffusion draws the
+    same way, so the noise stream (A1111's per-image RNG) advances exactly as in A1111 and a seed
+    gives the same image there and here."""
     s_churn, s_tmin, s_tmax, s_noise = churn
     gamma = _churn(sigmas[i], len(sigmas) - 1, s_churn, s_tmin, s_tmax)
     sigma_hat = sigmas[i] * (gamma + 1)
+    churn_noise = noise_sampler(sigmas[i], sigma_hat) * s_noise
     if gamma > 0:
-        x = x + noise_sampler(sigmas[i], sigma_hat) * s_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
+        x = x + churn_noise * (sigma_hat ** 2 - sigmas[i] ** 2) ** 0.5
     denoised = model(x, sigma_hat * s_in, **extra_args)
     d = to_d(x, sigma_hat, denoised)
     if callback is not None:
@@ -451,11 +458,15 @@ class _DPMSolver:
         t_next_ = torch.minimum(t_end, self.t(torch.as_tensor(sd)))
         return t_next_, (self.sigma(t_next) ** 2 - self.sigma(t_next_) ** 2) ** 0.5
 
-    def report(self, x, i, t, cache, **info):
+    def denoised(self, x, t, cache):
+        """The denoised estimate at (x, t), from the step's cached first model call."""
+        return x - self.sigma(t) * self.eps(cache, "eps", x, t)
+
+    def report(self, x, i, t, denoised, **info):
+        """The per-step callback dict k-diffusion sends: its t/t_up plus sigma/sigma_hat of t."""
         if self.info_callback is not None:
-            denoised = x - self.sigma(t) * self.eps(cache, "eps", x, t)
-            self.info_callback({"x": x, "i": i, "sigma": self.sigma(t), "sigma_hat": self.sigma(t),
-                                "denoised": denoised, **info})
+            self.info_callback({"sigma": self.sigma(t), "sigma_hat": self.sigma(t), "x": x, "i": i, "t": t,
+                                "t_up": t, "denoised": denoised, **info})
 
 
 @torch.no_grad()
@@ -475,7 +486,8 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
         cache: dict = {}
         t, t_next = ts[i], ts[i + 1]
         t_next_, su = solver.ancestral_target(t, t_next, t_end, eta)
-        solver.report(x, i, t, cache)
+        if callback is not None:
+            solver.report(x, i, t, solver.denoised(x, t, cache))
         x = [solver.step_1, solver.step_2, solver.step_3][order - 1](x, t, t_next_, cache)
         x = x + su * s_noise * noise_sampler(solver.sigma(t), solver.sigma(t_next))
     return x
@@ -510,7 +522,10 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
                         disable=None, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0,
                         dcoeff=0.0, accept_safety=0.81, eta=0.0, s_noise=1.0,
                         noise_sampler: NoiseSampler | None = None, return_info=False):
-    """DPM-Solver-12/23 with adaptive step size (Lu et al. 2022, §3.4 and appendix)."""
+    """DPM-Solver-12/23 with adaptive step size (Lu et al. 2022, §3.4 and appendix).
+
+    `callback` runs after every attempt, accepted or rejected, with the x and sigma it leaves,
+    the denoised estimate at its start, and t, t_up, error, h and the running counts of `info`."""
     if sigma_min <= 0 or sigma_max <= 0:
         raise ValueError(f"sigma_min and sigma_max must be > 0, got {sigma_min} and {sigma_max}")
     if order not in (2, 3):
@@ -527,7 +542,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         cache: dict = {}
         t = torch.minimum(t_end, s + pid.h)
         t_, su = solver.ancestral_target(s, t, t_end, eta)
-        solver.report(x, info["steps"], s, cache)
+        denoised = solver.denoised(x, s, cache)  # at the step's start; reported after the step
         if order == 2:
             x_low, x_high = solver.step_1(x, s, t_, cache), solver.step_2(x, s, t_, cache)
         else:
@@ -543,4 +558,7 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
             info["n_reject"] += 1
         info["nfe"] += order
         info["steps"] += 1
+        # As k-diffusion: one report per attempt, after it, with the state it leaves (the new x and
+        # sigma when accepted, the unchanged ones when rejected) and the start's denoised estimate.
+        solver.report(x, info["steps"] - 1, s, denoised, error=error, h=pid.h, **info)
     return (x, info) if return_info else x

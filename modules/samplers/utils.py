@@ -54,8 +54,11 @@ class BrownianTreeNoiseSampler:
     def __init__(self, x: torch.Tensor, sigma_min, sigma_max, seed: int | Sequence[int] | None = None):
         import torchsde  # deferred: only SDE samplers need it
 
-        t0, t1 = float(sigma_min), float(sigma_max)
-        if t0 > t1:
+        # The end points and every query time stay tensors of the sigmas' own dtype (float64 sigmas
+        # are not rounded to float32), as in k-diffusion: torchsde reads them with float().
+        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
+        self.sign = 1 if t0 < t1 else -1
+        if self.sign < 0:
             t0, t1 = t1, t0
         self.t0, self.t1 = t0, t1
         if seed is None:
@@ -65,14 +68,16 @@ class BrownianTreeNoiseSampler:
         if self.batched and len(seeds) != x.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for a batch of {x.shape[0]}")
         w0 = torch.zeros_like(x[0] if self.batched else x)
-        self.trees = [torchsde.BrownianTree(torch.tensor(t0), w0, torch.tensor(t1), entropy=s) for s in seeds]
+        self.trees = [torchsde.BrownianTree(t0, w0, t1, entropy=s) for s in seeds]
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
-        a, b = float(sigma), float(sigma_next)
-        sign = 1.0 if b >= a else -1.0
-        lo, hi = min(a, b), max(a, b)
-        with warnings.catch_warnings():  # torchsde warns when a float32 end point rounds past the range
+        start, end = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
+        ascending = bool(start < end)
+        lo, hi = (start, end) if ascending else (end, start)
+        with warnings.catch_warnings():  # torchsde warns when an end point rounds past the range
             warnings.filterwarnings("ignore", message="Should have")
-            w = torch.stack([tree(torch.tensor(lo), torch.tensor(hi)) for tree in self.trees]) * sign
+            w = torch.stack([tree(lo, hi) for tree in self.trees])
+        w = w * (self.sign * (1 if ascending else -1))
         w = w if self.batched else w[0]
-        return w / abs(b - a) ** 0.5
+        # normalised by sqrt|dt| computed on the tensors too (in their dtype, not in Python floats)
+        return w / (end - start).abs().sqrt()
