@@ -275,7 +275,7 @@ RESTRICTED_OPTS = FOLDER_OPTS | PATTERN_OPTS | {"clean_temp_dir_at_start"}
 
 
 def check_location_option(key: str, value: Any, data_path: str, *, allow_outside: bool = False) -> None:
-    """Refuse a folder option that resolves outside `data_path`, or a file-name pattern that climbs
+    """Refuse a folder option that lies outside `data_path`, or a file-name pattern that climbs
     out of its folder (absolute, or with a `..` part).
 
     Raises:
@@ -284,8 +284,10 @@ def check_location_option(key: str, value: Any, data_path: str, *, allow_outside
     if not isinstance(value, str) or not value:
         return
     if key in FOLDER_OPTS and not allow_outside:
-        base = os.path.realpath(data_path)
-        target = os.path.realpath(value if os.path.isabs(value) else os.path.join(base, value))
+        # Normalised, not resolved: `..` cannot climb out, while a symlink the operator placed inside
+        # the data folder (outputs/ on another disk) stays usable; a client cannot create one.
+        base = os.path.abspath(data_path)
+        target = os.path.abspath(value if os.path.isabs(value) else os.path.join(base, value))
         if os.path.commonpath([base, target]) != base:
             raise errors.InvalidParameter(
                 f"option {key!r}: {value!r} is outside the data folder {data_path!r} "

@@ -64,6 +64,25 @@ def names(response, field: str) -> bool:
     return field in str(body.get("detail", "")) + str(body.get("errors", ""))
 
 
+# --- item 1: folders outside the data folder ----------------------------------------------------------
+@pytest.mark.parametrize("option", ["outdir_txt2img_samples", "outdir_grids", "temp_dir", "outdir_save"])
+def test_folder_outside_is_422_naming_the_option(client, reference_png, clean_opts, tmp_path, option):
+    r = client.post(f"{API}/options", json={option: str(tmp_path)})
+    assert r.status_code == 422 and names(r, option)
+    r = client.post(f"{API}/txt2img", json={**REFERENCE, "override_settings": {option: "../elsewhere"}})
+    assert r.status_code == 422 and names(r, option)
+    assert_healthy(client, reference_png)
+
+
+# --- item 11: image URLs to special addresses ------------------------------------------------------------
+@pytest.mark.parametrize("url", ["http://224.0.0.251/x.png", "http://[ff02::fb]/x.png", "http://0.0.0.0/x.png"])
+def test_image_url_to_a_special_address_is_422_naming_the_field(client, reference_png, clean_opts, url):
+    clean_opts.data["api_enable_requests"] = True
+    r = client.post(f"{API}/img2img", json={**REFERENCE, "init_images": [url]})
+    assert r.status_code == 422 and names(r, "init_images")
+    assert_healthy(client, reference_png)
+
+
 # --- item 2: non-finite numbers -------------------------------------------------------------------
 NUMERIC_FIELDS = ["subseed_strength", "denoising_strength", "seed", "width", "height", "cfg_scale", "steps",
                   "eta", "s_churn", "s_noise", "hr_scale", "batch_size", "refiner_switch_at"]

@@ -68,6 +68,20 @@ def test_folder_inside_the_data_folder_is_accepted_and_used(client, clean_opts, 
     assert any(f.endswith(".png") for f in files_under(os.path.join(data, "outputs", "inside-test")))
 
 
+def test_an_operators_symlink_inside_the_data_folder_is_usable(client, clean_opts, api_runtime, tmp_path):
+    """outputs/ on another disk is a common set-up: a link the operator placed stays usable."""
+    target = tmp_path / "other-disk"
+    target.mkdir()
+    link = os.path.join(api_runtime.data_paths.data_path, "linked-outputs")
+    os.symlink(target, link)
+    try:
+        r = client.post(f"{API}/options", json={"outdir_txt2img_samples": "linked-outputs/txt2img"})
+        assert r.status_code == 200, r.text[:300]
+        assert client.post(f"{API}/options", json={"outdir_txt2img_samples": "linked-outputs/../../x"}).status_code == 422
+    finally:
+        os.remove(link)
+
+
 def test_override_settings_cannot_write_outside(client, clean_opts, tmp_path):
     outside = tmp_path / "outside"
     for option in ("outdir_txt2img_samples", "outdir_samples", "outdir_txt2img_grids", "outdir_grids"):
@@ -130,6 +144,17 @@ def test_no_route_serves_a_file_by_path(client, path):
     assert "root:" not in r.text and "import" not in r.text
 
 
+@pytest.mark.parametrize("target", ["/etc/passwd", "{data}/config.json", "{root}/README.md", "../../../../etc/passwd",
+                                    "{root}/modules/shared.py"])
+def test_the_ui_serves_no_file_by_path(ui_app_client, api_runtime, target):
+    from modules import paths
+    target = target.format(data=api_runtime.data_paths.data_path, root=paths.script_path)
+    for url in (f"/gradio_api/file={target}", f"/gradio_api/file/{target}", f"/file={target}"):
+        r = ui_app_client.get(url)
+        assert r.status_code in (400, 403, 404), (url, r.status_code)
+        assert "root:" not in r.text and "import" not in r.text
+
+
 # --- item 7: CORS ------------------------------------------------------------------------------------------
 def preflight(c, origin: str, path: str = f"{API}/txt2img"):
     return c.options(path, headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
@@ -146,6 +171,12 @@ def test_no_cors_headers_without_cors_flags(ui_app_client, origin):
     assert cors_headers(preflight(c, origin)) == {}
     for path in (f"{API}/samplers", "/", "/config", "/theme.css"):
         assert cors_headers(c.get(path, headers={"Origin": origin})) == {}, path
+
+
+def test_wrong_method_is_405_with_the_ui_mounted_at_the_root(ui_app_client):
+    r = ui_app_client.get(f"{API}/txt2img")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert ui_app_client.put("/docs").status_code == 405
 
 
 def test_configured_origin_gets_cors_and_others_do_not(api_runtime):
