@@ -13,7 +13,7 @@ import inspect
 import math
 from typing import Any
 
-from modules import call_queue, errors, shared
+from modules import call_queue, errors, options, shared
 from modules.api import image_io
 from modules.api import models as m
 
@@ -210,7 +210,6 @@ def check_option_value(key: str, value: Any) -> None:
     """Reject an option value a client may not set: a type the option cannot hold (bool for a bool
     option, finite number for a number …), a value outside its range or choices, a read-only
     option (`--hide-ui-dir-config`), or a folder outside the data folder."""
-    from modules import options
     info = shared.opts.data_labels[key]
     if key in options.RESTRICTED_OPTS and getattr(shared.cmd_opts, "hide_ui_dir_config", False):
         raise errors.ReadOnlyOption(f"option {key!r} is read-only (--hide-ui-dir-config)", field=key)
