@@ -8,17 +8,22 @@ of that format.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
+import logging
 import math
 import os
 import re
 import string
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Callable, IO, NamedTuple
 
 from PIL import Image, ImageColor, ImageOps
 
 from modules import errors, fileio, infotext_utils
+
+log = logging.getLogger(__name__)
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -33,7 +38,10 @@ DEFAULT_MAX_FILENAME_PART_LENGTH = 128
 read_info_from_image = infotext_utils.read_info_from_image
 IGNORED_INFO_KEYS = infotext_utils.IGNORED_INFO_KEYS
 
-re_nonletters = re.compile(r"[\s" + re.escape(string.punctuation) + r"]+")
+# Separators of [prompt_words]: whitespace and ASCII punctuation except the backslash. A1111 pastes
+# string.punctuation unescaped into a character class, where "\]" reads as an escaped "]", so a
+# backslash never separates words there (it is later sanitised to "_" like any reserved character).
+re_nonletters = re.compile(r"[\s" + re.escape(string.punctuation.replace("\\", "")) + r"]+")
 re_pattern = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)")
 re_pattern_arg = re.compile(r"(.*)<([^>]*)>$")
 
@@ -80,12 +88,43 @@ def _p_attr(p: Any, name: str, default: Any = None) -> Any:
     return getattr(p, name, default) if p is not None else default
 
 
+@functools.lru_cache(maxsize=1)
+def _zone_names_by_lowercase() -> dict[str, str]:
+    """Every IANA zone name this system knows, keyed by its lowercase form.
+
+    ``Factory`` and ``localtime`` are left out: they are files of the zone database, not zones, and
+    pytz (which A1111 asks) does not list them, so there they mean local time like any unknown name.
+    """
+    names = zoneinfo.available_timezones() - {"Factory", "localtime"}
+    return {name.lower(): name for name in names}
+
+
+def _time_zone(name: str) -> datetime.tzinfo | None:
+    """The zone ``[datetime<fmt><zone>]`` names, or None (local time) when it names none.
+
+    A1111 asks pytz, which reads ``utc`` in any case, accepts ASCII names only, turns ``_plus_`` and
+    ``_minus_`` into ``+`` and ``-``, then matches the name case-insensitively (``asia/tokyo``).
+    """
+    if name.upper() == "UTC":
+        return datetime.timezone.utc
+    if not name.isascii():
+        return None
+    canonical = _zone_names_by_lowercase().get(name.replace("_plus_", "+").replace("_minus_", "-").lower())
+    if canonical is None:
+        return None
+    try:
+        return zoneinfo.ZoneInfo(canonical)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
 class FilenameGenerator:
     """Expands ``[tag]`` patterns for directory and file names (spec §8 "Pattern tags").
 
     A tag may carry arguments as ``<…>`` suffixes, e.g. ``[datetime<%Y%m%d><UTC>]`` or
     ``[prompt_hash<12>]``. A tag that is unknown or cannot be computed (for example ``[steps]``
-    without a processing object) is left in the text literally.
+    without a processing object) is written back as its name in brackets, without its arguments
+    (``[image_hash<10>]`` without an image gives ``[image_hash]``), as A1111 does.
     """
 
     default_time_format = "%Y%m%d%H%M%S"
@@ -138,7 +177,7 @@ class FilenameGenerator:
     # --- tags ------------------------------------------------------------------------------------
     def _seed_first(self) -> Any:
         if self.p is None:
-            return self.seed
+            return None
         return self.seed if self.p.batch_size == 1 else self.p.all_seeds[0]
 
     def _seed_last(self) -> Any:
@@ -147,7 +186,7 @@ class FilenameGenerator:
         return NOTHING_AND_SKIP_PREVIOUS_TEXT if self.p.batch_size == 1 else self.p.all_seeds[-1]
 
     def _styles(self) -> str | None:
-        if self.p is None:
+        if self.p is None or self.p.styles is None:  # A1111 writes the tag back then
             return None
         names = [s for s in (self.p.styles or []) if s != "None"]
         return sanitize_filename_part(", ".join(names) or "None", replace_spaces=False)
@@ -184,13 +223,7 @@ class FilenameGenerator:
 
     def _datetime(self, *args: str) -> str | None:
         fmt = args[0] if args and args[0] != "" else self.default_time_format
-        zone = None
-        if len(args) > 1:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-            try:
-                zone = ZoneInfo(args[1])
-            except (ZoneInfoNotFoundError, ValueError):
-                zone = None
+        zone = _time_zone(args[1]) if len(args) > 1 else None
         now = datetime.datetime.now().astimezone(zone)
         try:
             text = now.strftime(fmt)
@@ -245,6 +278,11 @@ class FilenameGenerator:
         return self.p.iteration * self.p.batch_size + self.p.batch_index + 1
 
     def _hasprompt(self, *args: str) -> str | None:
+        """Each ``<word|otherwise>``: ``word`` (lowercased) if the prompt holds it, else ``otherwise``.
+
+        As in A1111 the argument is split at every ``|`` and only the first two pieces count, so
+        ``<a|b|c>`` writes ``b`` when the prompt lacks ``a``; the match ignores case.
+        """
         if self.p is None or self.prompt is None:
             return None
         lower = self.prompt.lower()
@@ -252,12 +290,9 @@ class FilenameGenerator:
         for arg in args:
             if arg == "":
                 continue
-            expected, _, default = arg.partition("|")
-            expected = expected.lower()
-            if expected in lower:
-                out += expected
-            else:
-                out += default
+            pieces = arg.split("|")
+            expected = pieces[0].lower()
+            out += expected if expected in lower else (pieces[1] if len(pieces) > 1 else "")
         return sanitize_filename_part(out)
 
     def _denoising(self) -> Any:
@@ -293,11 +328,12 @@ class FilenameGenerator:
             if fun is not None:
                 try:
                     replacement = fun(*args)
-                except (AttributeError, IndexError, TypeError, ValueError, KeyError):
+                except Exception as e:  # A1111 writes any failing tag back as text; so does Serena
+                    log.warning("File name tag [%s] with arguments %r could not be expanded: %s", name, args, e)
                     replacement = None
             if replacement is NOTHING_AND_SKIP_PREVIOUS_TEXT:
                 continue
-            res += text + (str(replacement) if replacement is not None else f"[{tag}]")
+            res += text + (str(replacement) if replacement is not None else f"[{name}]")
         return res
 
 
@@ -315,7 +351,12 @@ def scheduler_label(sampler_name: str, scheduler: str | None) -> str:
 
 
 def get_next_sequence_number(path: str, basename: str) -> int:
-    """One more than the largest leading number of the files in ``path`` (after ``basename-``)."""
+    """One more than the largest number leading the names in ``path`` (after ``basename-``); 0 if none.
+
+    A name counts as A1111 counts it: drop the prefix and the extension, take the text before the
+    first ``-``, and read it with ``int()`` — so ``" 7"``, ``"+3"``, ``"1_0"`` (10) and other Unicode
+    decimal digits count, while ``"²"`` or ``"x"`` is skipped rather than failing the save.
+    """
     result = -1
     prefix = f"{basename}-" if basename != "" else ""
     if not os.path.isdir(path):
@@ -324,8 +365,10 @@ def get_next_sequence_number(path: str, basename: str) -> int:
         if not name.startswith(prefix):
             continue
         first = os.path.splitext(name[len(prefix):])[0].split("-")[0]
-        if first.isdigit():
+        try:
             result = max(int(first), result)
+        except ValueError:
+            continue
     return result + 1
 
 
@@ -676,22 +719,24 @@ def _resize(im: Image.Image, w: int, h: int, upscaler_name: str | None, plain: b
 
 def resize_image(resize_mode: int, im: Image.Image, width: int, height: int,
                  upscaler_name: str | None = None, force_RGBA: bool = False) -> Image.Image:
-    """img2img resize modes: 0 just resize, 1 crop and resize, 2 resize and fill.
+    """img2img resize modes: 0 just resize, 1 crop and resize, 2 and 3 resize and fill.
 
     Mode 1 scales to cover ``width``×``height`` and crops the centre. Mode 2 scales to fit inside
-    and fills the two empty bands by stretching the image's outermost row or column.
+    and fills the two empty bands by stretching the image's outermost row or column. Mode 3
+    ("just resize (latent upscale)") resizes pixels as mode 2 does, as in A1111: its latent
+    upscale happens in img2img, not here.
     ``upscaler_name`` None means the option ``upscaler_for_img2img``. ``force_RGBA`` (A1111's
-    name) resizes with Lanczos only and pastes modes 1 and 2 on an RGBA canvas, keeping alpha.
+    name) resizes with Lanczos only and pastes modes 1 to 3 on an RGBA canvas, keeping alpha.
 
     Raises:
         errors.InvalidParameter: an unknown mode or a non-positive size.
     """
     if width <= 0 or height <= 0:
         raise errors.InvalidParameter(f"resize_image needs a positive size, got {width}x{height}", field="width")
-    if resize_mode not in (0, 1, 2):
+    if resize_mode not in (0, 1, 2, 3):
         raise errors.InvalidParameter(
-            f"resize_mode must be 0 (just resize), 1 (crop and resize) or 2 (resize and fill), got {resize_mode!r}",
-            field="resize_mode")
+            f"resize_mode must be 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3 (latent upscale:"
+            f" resize and fill), got {resize_mode!r}", field="resize_mode")
     upscaler_name = upscaler_name or _opts().upscaler_for_img2img
     if resize_mode == 0:
         return _resize(im, width, height, upscaler_name, plain=force_RGBA)
@@ -705,7 +750,7 @@ def resize_image(resize_mode: int, im: Image.Image, width: int, height: int,
     resized = _resize(im, src_w, src_h, upscaler_name, plain=force_RGBA)
     res = Image.new("RGBA" if force_RGBA else "RGB", (width, height))
     res.paste(resized, box=(width // 2 - src_w // 2, height // 2 - src_h // 2))
-    if resize_mode == 2:
+    if resize_mode != 1:
         _fill_bands(res, resized, width, height, src_w, src_h, ratio, src_ratio)
     return res
 

@@ -5,6 +5,7 @@ calls them in A1111's order.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
@@ -38,55 +39,68 @@ def fit_to_image(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
     return mask.resize(size, resample=Image.Resampling.BILINEAR)
 
 
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """A normalised 1-D Gaussian of size 2·int(2.5σ+0.5)+1 (A1111's kernel size for mask blur)."""
-    size = 2 * int(2.5 * sigma + 0.5) + 1
-    centre = (size - 1) / 2
-    xs = np.arange(size, dtype=np.float64) - centre
-    kernel = np.exp(-(xs ** 2) / (2 * sigma * sigma))
-    return kernel / kernel.sum()
-
-
-def blur_axis(mask: np.ndarray, sigma: float, axis: int) -> np.ndarray:
-    """Gaussian blur of a 2-D array along one axis, mirrored at the borders (reflect-101)."""
-    kernel = gaussian_kernel(sigma)
-    radius = len(kernel) // 2
-    pad = [(0, 0), (0, 0)]
-    pad[axis] = (radius, radius)
-    mode = "reflect" if mask.shape[axis] > radius else "symmetric"
-    padded = np.pad(mask.astype(np.float64), pad, mode=mode)
-    out = np.zeros(mask.shape, dtype=np.float64)
-    length = mask.shape[axis]
-    for i, weight in enumerate(kernel):
-        window = padded[i:i + length, :] if axis == 0 else padded[:, i:i + length]
-        out += weight * window
-    return out
+def blur_kernel_size(sigma: float) -> int:
+    """A1111's Gaussian kernel length for a mask blur of σ pixels: 2·int(2.5σ+0.5)+1."""
+    return 2 * int(2.5 * sigma + 0.5) + 1
 
 
 def blur_mask(mask: Image.Image, blur_x: float, blur_y: float) -> Image.Image:
-    """Blur horizontally by `blur_x` then vertically by `blur_y` (σ in pixels; 0 skips an axis)."""
-    arr = np.array(mask.convert("L"), dtype=np.float64)
+    """Blur horizontally by `blur_x`, then vertically by `blur_y` (σ in pixels; 0 skips an axis).
+
+    Bit for bit what A1111 does: OpenCV's Gaussian blur of the 8-bit mask (its fixed-point
+    arithmetic, borders mirrored without repeating the edge pixel), one axis per pass, with
+    A1111's kernel size. Every mask blur of a job goes through here.
+    """
+    arr = np.array(mask.convert("L"))
     if blur_x > 0:
-        arr = blur_axis(arr, blur_x, axis=1)
+        arr = cv2.GaussianBlur(arr, (blur_kernel_size(blur_x), 1), blur_x)
     if blur_y > 0:
-        arr = blur_axis(arr, blur_y, axis=0)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        arr = cv2.GaussianBlur(arr, (1, blur_kernel_size(blur_y)), blur_y)
+    return Image.fromarray(arr)
 
 
-def get_crop_region_v2(mask: Image.Image, pad: int = 0) -> tuple[int, int, int, int] | None:
-    """The bounding box (x1, y1, x2, y2) of the mask's non-zero pixels grown by `pad`; None if blank."""
-    box = mask.convert("L").getbbox()
+def _as_image(mask: np.ndarray | Image.Image) -> Image.Image:
+    """The mask as a PIL image, converted as A1111 does (`Image.fromarray`) when it is an array.
+
+    An array Pillow has no mode for (int64, as `np.array` makes from Python ints) is read as
+    "non-zero in any band", the meaning A1111's array-based `get_crop_region` gave it.
+    """
+    if isinstance(mask, Image.Image):
+        return mask
+    arr = np.asarray(mask)
+    try:
+        return Image.fromarray(arr)
+    except TypeError:
+        selected = arr != 0 if arr.ndim == 2 else (arr != 0).any(axis=tuple(range(2, arr.ndim)))
+        return Image.fromarray(selected.astype(np.uint8) * 255)
+
+
+def get_crop_region_v2(mask: np.ndarray | Image.Image, pad: int = 0) -> tuple[int, int, int, int] | None:
+    """The bounding box (x1, y1, x2, y2) of the mask's non-zero pixels grown by `pad`; None if blank.
+
+    A1111's function: the mask is read as given (every band of an RGB mask counts, the alpha
+    band alone of an RGBA one, as Pillow's `getbbox` does); an array is converted first.
+    """
+    image = _as_image(mask)
+    box = image.getbbox()
     if box is None:
         return None
     x1, y1, x2, y2 = box
-    return (max(x1 - pad, 0), max(y1 - pad, 0), min(x2 + pad, mask.width), min(y2 + pad, mask.height))
+    return (max(x1 - pad, 0), max(y1 - pad, 0), min(x2 + pad, image.width), min(y2 + pad, image.height))
 
 
 def get_crop_region(mask: np.ndarray | Image.Image, pad: int = 0) -> tuple[int, int, int, int]:
-    """A1111's older helper: like v2 but a blank mask gives the whole image."""
-    image = mask if isinstance(mask, Image.Image) else Image.fromarray(np.asarray(mask).astype(np.uint8))
+    """A1111's older helper: v2's box, and for a blank mask `(w-pad, h-pad, pad, pad)` clamped.
+
+    The blank-mask box is inverted (x1 > x2) unless `pad` is large enough; callers check it.
+    Serena's jobs call `get_crop_region_v2` and handle the blank mask themselves, as A1111's do.
+    """
+    image = _as_image(mask)
     region = get_crop_region_v2(image, pad)
-    return region if region is not None else (0, 0, image.width, image.height)
+    if region is not None:
+        return region
+    width, height = image.size
+    return max(width - pad, 0), max(height - pad, 0), min(pad, width), min(pad, height)
 
 
 def _grow(lo: int, hi: int, wanted: int, limit: int) -> tuple[int, int]:

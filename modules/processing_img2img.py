@@ -10,9 +10,11 @@ colour correction, VAE encode) are in `modules/processing_images.py`; the reques
 fields are in `modules/processing_validation.py`.
 
 Sizes: a mask is first stretched over its init image (whatever resolution it was drawn at), then
-follows the image through the resize mode. Resize mode 3 ("just resize (latent upscale)") encodes
-the image at its own size and stretches the latent; the mask, the overlay and the inpainting-model
-conditioning are stretched to the requested size with it, so the result has the requested size.
+follows the image through the resize mode; for the mask, mode 3 ("just resize (latent upscale)")
+is "resize and fill", as in A1111. Mode 3 encodes the image at its own size and stretches the
+latent: with an init image of another size than the result (where A1111 fails), the mask, the
+overlay and the inpainting-model conditioning are stretched with it, so the result has the
+requested size.
 "Only masked" crops around the mask and pastes the result back: it has the init image's size.
 
 A1111's names (`create_binary_mask`, `images_tensor_to_samples`, `setup_color_correction`,
@@ -141,7 +143,7 @@ def prepare_inpaint_mask(p: StableDiffusionProcessingImg2Img) -> tuple[Image.Ima
         mask = masking.blur_mask(mask, p.mask_blur_x, p.mask_blur_y)
         p.extra_generation_params["Mask blur"] = p.mask_blur
     if not p.inpaint_full_res:
-        mask = images.resize_image(p.resize_mode if p.resize_mode != 3 else 0, mask, p.width, p.height)
+        mask = images.resize_image(_whole_picture_mask_mode(p, mask.size), mask, p.width, p.height)
         doubled = np.clip(np.asarray(mask, dtype=np.float32) * 2, 0, 255).astype(np.uint8)
         p.mask_for_overlay = Image.fromarray(doubled)
         return mask, None
@@ -157,6 +159,18 @@ def prepare_inpaint_mask(p: StableDiffusionProcessingImg2Img) -> tuple[Image.Ima
     p.extra_generation_params["Inpaint area"] = "Only masked"
     p.extra_generation_params["Masked area padding"] = p.inpaint_full_res_padding
     return images.resize_image(2, mask.crop(crop), p.width, p.height), crop
+
+
+def _whole_picture_mask_mode(p: StableDiffusionProcessingImg2Img, init_size: tuple[int, int]) -> int:
+    """The resize mode of the whole-picture mask: the job's, 3 ("latent upscale") included, as in A1111.
+
+    With mode 3 and an init image of another size than the result, the latent is stretched to the
+    requested size, so the mask is stretched with it (mode 0): A1111 resizes it to fill and then
+    fails ("images do not match") when it composites the overlay.
+    """
+    if p.resize_mode == 3 and tuple(init_size) != (p.width, p.height):
+        return 0
+    return p.resize_mode
 
 
 def _prepare_init_image(p: StableDiffusionProcessingImg2Img, img: Image.Image, image_mask: Image.Image | None,
@@ -186,13 +200,14 @@ def _overlay(p: StableDiffusionProcessingImg2Img, image: Image.Image, crop: tupl
 
     With resize mode 3 (whole picture) the image is encoded at its own size and the latent
     stretched, so the result has the requested size: the original is stretched to it as well.
+    A mask of another size than the image (a later init image of another size) is resized to it
+    with the job's resize mode, as in A1111.
     """
     from modules import images
-    mask_resize_mode = 0 if p.resize_mode == 3 else p.resize_mode
     if crop is None and p.resize_mode == 3 and image.size != (p.width, p.height):
         image = images.resize_image(0, image, p.width, p.height)
-    if p.mask_for_overlay.size != image.size:  # another init image of another size
-        p.mask_for_overlay = images.resize_image(mask_resize_mode, p.mask_for_overlay, image.width, image.height)
+    if p.mask_for_overlay.size != image.size:
+        p.mask_for_overlay = images.resize_image(p.resize_mode, p.mask_for_overlay, image.width, image.height)
     return masking.overlay_image(image, p.mask_for_overlay)
 
 

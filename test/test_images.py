@@ -70,7 +70,7 @@ def test_sanitize_unix_mode_and_length(monkeypatch):
     ("[none]", ""),
     ("[basename]", "img"),
     ("[clip_skip]", "1"),
-    ("[unknown_tag] and [other<1>]", "[unknown_tag] and [other<1>]"),
+    ("[unknown_tag] and [other<1>]", "[unknown_tag] and [other]"),
     ("[datetime<%Y>]", str(datetime.datetime.now().year)),
     ("[datetime<%H><UTC>]", f"{datetime.datetime.now(datetime.timezone.utc).hour:02}"),
     ("[image_hash<10>]", hashlib.sha256(IMG.tobytes()).hexdigest()[:10]),
@@ -301,7 +301,7 @@ def test_resize_with_upscaler_and_errors():
     small = Image.new("RGB", (16, 16), "white")
     assert images.resize_image(0, small, 40, 24, upscaler_name="Nearest").size == (40, 24)
     with pytest.raises(errors.InvalidParameter, match="resize_mode"):
-        images.resize_image(3, small, 8, 8)
+        images.resize_image(4, small, 8, 8)
     with pytest.raises(errors.InvalidParameter, match="Bogus"):
         images.resize_image(0, small, 64, 64, upscaler_name="Bogus")
 

@@ -38,11 +38,9 @@ def test_binary_mask_rejects_non_images():
         masking.create_binary_mask("not an image")
 
 
-def test_gaussian_kernel_size_and_sum():
-    kernel = masking.gaussian_kernel(4)
-    assert len(kernel) == 2 * int(2.5 * 4 + 0.5) + 1 == 21
-    assert kernel.sum() == pytest.approx(1.0)
-    assert kernel.argmax() == 10
+def test_blur_kernel_size_is_a1111s():
+    assert masking.blur_kernel_size(4) == 2 * int(2.5 * 4 + 0.5) + 1 == 21
+    assert [masking.blur_kernel_size(s) for s in (0.5, 1, 2, 64)] == [3, 7, 11, 321]
 
 
 def test_blur_is_per_axis():
@@ -68,7 +66,7 @@ def test_crop_region_v2_with_padding_and_blank():
     assert masking.get_crop_region_v2(mask, 4) == (12, 12, 36, 44)
     assert masking.get_crop_region_v2(mask, 100) == (0, 0, 64, 64)
     assert masking.get_crop_region_v2(Image.new("L", (8, 8))) is None
-    assert masking.get_crop_region(Image.new("L", (8, 8))) == (0, 0, 8, 8)
+    assert masking.get_crop_region(Image.new("L", (8, 8))) == (8, 8, 0, 0), "A1111: (w-pad, h-pad, pad, pad)"
 
 
 def test_expand_crop_region_matches_processing_ratio():

@@ -226,7 +226,8 @@ def box_mask(size: tuple[int, int]) -> Image.Image:
 
 def expected_original(init: Image.Image, mask: Image.Image, mode: int) -> tuple[np.ndarray, np.ndarray]:
     """The original and the mask as the whole-picture result shows them: both resized by the mode
-    (mode 3 stretches the latent, so the image and mask are stretched: mode 0)."""
+    (mode 3 stretches the latent, so an image and mask of another size are stretched: mode 0; at
+    the requested size, mode 3's resize-and-fill (A1111) leaves their pixels as they are)."""
     from modules import images
     geometry = 0 if mode == 3 else mode
     original = images.resize_image(geometry, init, 64, 64)
@@ -284,3 +285,32 @@ def test_inpainting_checkpoint_latent_resize_of_another_size(inpainting_model, w
     res = processing.process_images(p)
     assert res.images[0].size == (64, 64)
     assert p.init_latent.shape[-2:] == (8, 8) and p.image_conditioning.shape == (1, 5, 8, 8)
+
+
+# --- issue 8: mask blur and resize mode 3 as A1111 ----------------------------------------------
+def test_job_blurs_the_mask_with_opencv_as_a1111():
+    """The whole-picture job's mask is OpenCV's blur (A1111's call), resized with mode 3 as
+    "resize and fill" (A1111) when the init image already has the requested size."""
+    import cv2
+    mask = box_mask((64, 64))
+    p = img2img(mask=mask, mask_blur_x=3, mask_blur_y=5, resize_mode=3, steps=2)
+    res = processing.process_images(p)
+    assert res.images[0].size == (64, 64)
+    arr = cv2.GaussianBlur(np.asarray(mask), (2 * int(2.5 * 3 + 0.5) + 1, 1), 3)
+    arr = cv2.GaussianBlur(arr, (1, 2 * int(2.5 * 5 + 0.5) + 1), 5)
+    from modules import images
+    resized = np.asarray(images.resize_image(2, Image.fromarray(arr), 64, 64), dtype=np.float32)
+    assert p.mask_for_overlay.mode == "RGB"
+    assert np.array_equal(np.asarray(p.mask_for_overlay), np.clip(resized * 2, 0, 255).astype(np.uint8))
+
+
+def test_only_masked_mode_3_fills_the_overlay_mask_of_a_second_init_image():
+    """A later init image of another size gets the overlay mask resized by the job's mode (A1111)."""
+    from modules import images
+    first, second = test_image(64, 64), test_image(96, 64)
+    p = img2img(init_images=[first, second], batch_size=2, mask=box_mask((64, 64)), mask_blur=0, resize_mode=3,
+                inpaint_full_res=True, steps=2)
+    res = processing.process_images(p)
+    assert [im.size for im in res.images] == [(64, 64), (96, 64)]
+    expected = images.resize_image(2, box_mask((64, 64)), 96, 64).convert("L")
+    assert np.array_equal(np.asarray(p.mask_for_overlay.convert("L")), np.asarray(expected))
