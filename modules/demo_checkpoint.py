@@ -26,6 +26,8 @@ from modules.fileio import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 FILENAME = "serena-demo-tiny.safetensors"
+VAE_FILENAME = "serena-demo-tiny-vae.safetensors"
+VAE_SALT = "serena-demo-vae"
 SEED = 20240229
 
 UNET_CONFIG: dict = {
@@ -162,6 +164,39 @@ def demo_checkpoint_bytes() -> bytes:
     return safetensors.torch.save(build_demo_state_dict(), metadata={"format": "pt"})
 
 
+def build_demo_vae_state_dict(salt: str = VAE_SALT, vae_config: dict | None = None,
+                              dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
+    """A standalone VAE file's tensors, keyed as A1111/LDM VAE files are (`encoder.*`, `decoder.*`,
+    `quant_conv.*`, `post_quant_conv.*`: the checkpoint's `first_stage_model.*` keys without that
+    prefix, as in `vae-ft-mse-840000-ema-pruned.safetensors`).
+
+    The weights are random and differ from the demo checkpoint's own VAE: each tensor is drawn from
+    a generator seeded by `salt` and its name, so the same arguments always give the same tensors.
+    `vae_config` (default `VAE_CONFIG`) sets the shapes; another config makes a VAE that does not fit.
+    """
+    from diffusers import AutoencoderKL
+
+    config = vae_config or VAE_CONFIG
+    with torch.device("meta"):
+        vae = AutoencoderKL(**config)
+    weights = {k: _init_tensor(f"{salt}/{k}", v.shape) for k, v in vae.state_dict().items()}
+    state = sd_models_convert.part_to_ldm(weights, "", sd_models_convert.vae_table(config))
+    return {k: v.to(dtype).contiguous() for k, v in state.items()}
+
+
+def demo_vae_bytes(salt: str = VAE_SALT, vae_config: dict | None = None) -> bytes:
+    """A .safetensors image of `build_demo_vae_state_dict(salt, vae_config)` (same bytes on every run)."""
+    import safetensors.torch
+    return safetensors.torch.save(build_demo_vae_state_dict(salt, vae_config), metadata={"format": "pt"})
+
+
+def write_demo_vae(path: str, salt: str = VAE_SALT, vae_config: dict | None = None) -> str:
+    """Write a tiny demo VAE file (see `build_demo_vae_state_dict`) to `path`; return `path`."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, demo_vae_bytes(salt, vae_config))
+    return path
+
+
 def ensure_demo_checkpoint(folder: str) -> str:
     """Write `serena-demo-tiny.safetensors` into `folder` unless it is there; return its path."""
     path = os.path.join(folder, FILENAME)
@@ -171,4 +206,46 @@ def ensure_demo_checkpoint(folder: str) -> str:
     atomic_write_bytes(path, demo_checkpoint_bytes())
     log.warning("Wrote the demo checkpoint %s: its weights are RANDOM, so it makes patterns, not pictures. "
                 "Put a real SD1.x .safetensors file in %s to make images.", path, folder)
+    return path
+
+
+EMBEDDING_SALT = "serena-demo-embedding"
+
+
+def demo_embedding_vectors(vectors: int = 1, width: int | None = None, salt: str = EMBEDDING_SALT) -> torch.Tensor:
+    """`[vectors, width]` float32 vectors (width: the demo text encoder's), the same for the same arguments."""
+    width = CLIP_CONFIG["hidden_size"] if width is None else width
+    return torch.randn((vectors, width), generator=_generator(f"{salt}/{vectors}x{width}")) * 0.02
+
+
+def write_demo_embedding(path: str, vectors: int = 1, width: int | None = None, salt: str = EMBEDDING_SALT,
+                         layout: str | None = None) -> str:
+    """Write a tiny textual-inversion embedding to `path` (format from its extension); return `path`.
+
+    `.safetensors`: `{"emb_params": vectors}` (same bytes on every run). `.pt`: A1111's layout
+    (`string_to_token`, `string_to_param`, `name`, `step`, `sd_checkpoint`, `sd_checkpoint_name`).
+    `.bin`: diffusers' `{"<name>": vector}` (one vector). Pickled files hold the same tensors each run,
+    but torch writes a random serialization id, so their bytes differ. `layout` overrides the
+    extension's ("safetensors", "a1111", "diffusers").
+    """
+    import io
+    import safetensors.torch
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    vec = demo_embedding_vectors(vectors, width, salt)
+    name = os.path.splitext(os.path.basename(path))[0]
+    ext = os.path.splitext(path)[1].lower()
+    layout = layout or {".safetensors": "safetensors", ".bin": "diffusers"}.get(ext, "a1111")
+    if layout == "safetensors":
+        data = safetensors.torch.save({"emb_params": vec.contiguous()})
+    else:
+        if layout == "diffusers":
+            obj: dict = {f"<{name}>": vec[0].clone()}
+        else:
+            obj = {"string_to_token": {"*": 265}, "string_to_param": {"*": vec.clone()}, "name": name,
+                   "step": 100, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "serena-demo-tiny"}
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        data = buffer.getvalue()
+    atomic_write_bytes(path, data)
     return path

@@ -544,9 +544,9 @@ def _checkpoint_override(settings: dict[str, Any]) -> tuple[dict[str, Any], Any]
     return settings, current_info
 
 
-def _ensure_model() -> None:
+def _ensure_model() -> Any:
     from modules import sd_models
-    sd_models.model_data.get_sd_model()
+    return sd_models.model_data.get_sd_model()
 
 
 def _after_job(p: StableDiffusionProcessing, settings: dict[str, Any], previous_checkpoint: Any) -> None:
@@ -563,12 +563,12 @@ def _after_job(p: StableDiffusionProcessing, settings: dict[str, Any], previous_
 
 def process_images(p: StableDiffusionProcessing) -> Processed:
     """Run one job: validate, `before_process`, per-job options, then the stages (spec §2.3.2)."""
+    from modules import sd_vae  # lazy, as sd_models: model code loads on first use
     settings = shared.opts.validate_overrides(p.override_settings or {})
     run_hook(p, "before_process")
     settings, previous_checkpoint = _checkpoint_override(settings)
     try:
-        with shared.opts.override(settings):
-            _ensure_model()
+        with shared.opts.override(settings), sd_vae.job_vae(_ensure_model()):  # the job's VAE, this job only
             validate(p)
             res = ProcessingRunner().run(ProcessingRequest(p))
     finally:
@@ -582,7 +582,7 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.fill_fields_from_opts()                               # 2. option-backed fields, prompts+styles
     p.setup_prompts()
     compute_seeds(p)                                        # 3. all_seeds / all_subseeds
-    # 4. (textual-inversion embeddings are not reloaded: Serena has none yet)
+    # 4. textual-inversion embeddings reload with each batch's conditioning (processing_prompts.load_embeddings)
     run_hook(p, "process")                                  # 5. scripts' process
     output = JobOutput()
     with torch.no_grad(), sd_tiling.tiled(p.sd_model, bool(p.tiling)):

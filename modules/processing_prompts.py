@@ -73,9 +73,51 @@ def sampler_total_steps(sampler_name: str | None, steps: int) -> int:
     return steps
 
 
+def load_embeddings(p: StableDiffusionProcessing) -> None:
+    """Load the textual-inversion embeddings (first use, or files changed; not again when
+    `p.do_not_reload_embeddings`). A rebuilt database empties the shared conditioning caches,
+    whose keys do not cover the embeddings."""
+    from modules.textual_inversion import textual_inversion
+    database = textual_inversion.embedding_db
+    model = p.sd_model
+    if p.do_not_reload_embeddings and getattr(model.cond_stage_model, "embedding_db", None) is database:
+        return
+    if database.load_textual_inversion_embeddings(model):
+        for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+            cache = getattr(p, name, None)
+            if isinstance(cache, list) and len(cache) == 2:
+                cache[0] = cache[1] = None
+
+
+def note_embeddings(p: StableDiffusionProcessing, prompts: list[str], negatives: list[str], steps: int) -> None:
+    """Add the embeddings these prompts trigger to the job's `TI hashes` infotext value.
+
+    Positive prompts' embeddings come first, then the negative prompts'; each name once per job
+    (A1111 repeats a name used in both).
+    """
+    from modules import prompt_parser
+    from modules.textual_inversion import textual_inversion
+    conditioner = p.sd_model.cond_stage_model
+    if getattr(conditioner, "embedding_db", None) is None or not conditioner.embedding_db.word_embeddings:
+        return
+    texts = [t for text in dict.fromkeys(prompts) for t in prompt_parser.get_token_counter_texts(text, steps)]
+    texts += [t for text in dict.fromkeys(negatives)
+              for t in prompt_parser.get_token_counter_texts(text, steps, is_positive=False)]
+    used = textual_inversion.used_embeddings(conditioner, list(dict.fromkeys(texts)), shared.opts.emphasis)
+    if not used:
+        return
+    known = p.__dict__.setdefault("_ti_embeddings", {})
+    for name, embedding in used.items():
+        known.setdefault(name, embedding)
+    value = textual_inversion.ti_hashes(known)
+    if value:
+        p.extra_generation_params["TI hashes"] = value
+
+
 def setup_conds(p: StableDiffusionProcessing) -> None:
     """This batch's conditioning into `p.uc` (plain) and `p.c` (multicond), through `p`'s caches."""
     from modules import prompt_parser
+    load_embeddings(p)
     total_steps = sampler_total_steps(p.sampler_name, p.steps)
     p.step_multiplier = max(total_steps // max(p.steps, 1), 1)
     p.firstpass_steps = total_steps
@@ -86,6 +128,7 @@ def setup_conds(p: StableDiffusionProcessing) -> None:
                                     [p.cached_uc], p.extra_network_data)
     p.c = p.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, positive,
                                    total_steps, [p.cached_c], p.extra_network_data)
+    note_embeddings(p, p.prompts, p.negative_prompts, total_steps)
 
 
 def calculate_hr_conds(p: StableDiffusionProcessingTxt2Img) -> None:
@@ -107,3 +150,4 @@ def calculate_hr_conds(p: StableDiffusionProcessingTxt2Img) -> None:
                                        [p.cached_hr_uc, p.cached_uc], p.hr_extra_network_data, total_steps)
     p.hr_c = p.get_conds_with_caching(prompt_parser.get_multicond_learned_conditioning, positive, p.firstpass_steps,
                                       [p.cached_hr_c, p.cached_c], p.hr_extra_network_data, total_steps)
+    note_embeddings(p, p.hr_prompts, p.hr_negative_prompts, total_steps)

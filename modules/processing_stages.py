@@ -70,7 +70,8 @@ def prepare_job(p: StableDiffusionProcessing) -> None:
     info = getattr(model, "sd_checkpoint_info", None)
     p.sd_model_name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", None)
     p.sd_model_hash = getattr(model, "sd_model_hash", None)
-    p.sd_vae_name = p.sd_vae_hash = None
+    from modules import sd_vae  # lazy: model code loads on first use
+    p.sd_vae_name, p.sd_vae_hash = sd_vae.get_loaded_vae_name(model), sd_vae.get_loaded_vae_hash(model)
     kind = "img2img" if isinstance(p, StableDiffusionProcessingImg2Img) else "txt2img"
     p.outpath_samples = data_dir(p.outpath_samples or opts.outdir_samples or getattr(opts, f"outdir_{kind}_samples"))
     p.outpath_grids = data_dir(p.outpath_grids or opts.outdir_grids or getattr(opts, f"outdir_{kind}_grids"))

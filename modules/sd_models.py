@@ -9,7 +9,9 @@ sha256, "name [hash]") to the same object. `list_models()` rebuilds both from th
 Loading reads the file safely (`safe_load`), infers every size from tensor shapes
 (`sd_models_config`), renames keys (`sd_models_convert`) and assigns the tensors into modules
 built on the meta device, so the weights are held once. Keys that do not fit are reported by
-name. The current model lives in `model_data.sd_model` (`shared.sd_model`).
+name. The current model lives in `model_data.sd_model` (`shared.sd_model`). A loaded model gets
+the VAE the `sd_vae` options choose (`modules.sd_vae`); `build_vae` and
+`StableDiffusionModel.swap_vae` are the model side of that.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from modules import devices, errors, hashes, safe_load, sd_models_config, sd_models_convert
+from modules import devices, errors, hashes, safe_load, sd_models_config, sd_models_convert, sd_vae
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +268,28 @@ class StableDiffusionModel(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
         self.home_device = device  # where the model runs; `unload_model_weights` may park it on the CPU
         self.scale_factor = float(getattr(vae.config, "scaling_factor", sd_models_config.SCALE_FACTOR))
+        self.loaded_vae_file: str | None = None  # the VAE file `self.vae` came from (None: the checkpoint's own)
+        self.__dict__["base_vae"] = None  # the checkpoint's own VAE while a file's VAE is in use (not a submodule)
+
+    @property
+    def base_vae(self) -> torch.nn.Module | None:
+        """The checkpoint's own VAE module while `vae` is one from a file (`sd_vae`), else None."""
+        return self.__dict__["base_vae"]
+
+    def swap_vae(self, vae: torch.nn.Module, vae_file: str | None, base_vae: torch.nn.Module | None) -> None:
+        """Make `vae` (loaded from `vae_file`; None: the checkpoint's own) the VAE this model uses.
+
+        `base_vae` is the checkpoint's own VAE to keep aside (None when `vae` is it). Nothing is
+        copied: modules are swapped, so going back to a VAE gives exactly its old weights. The
+        module put in use moves to the device of the one it replaces; off the CPU, the one kept
+        aside waits on the CPU.
+        """
+        device = next(self.vae.parameters()).device
+        self.vae = vae.to(device)
+        if base_vae is not None and base_vae is not vae and device.type != "cpu":
+            base_vae.to(devices.cpu)
+        self.__dict__["base_vae"] = None if base_vae is vae else base_vae
+        self.loaded_vae_file = vae_file
 
     @property
     def device(self) -> torch.device:
@@ -402,6 +426,37 @@ def _build_part(name: str, factory: Callable[[], torch.nn.Module], state: dict[s
     return module.to(device).eval().requires_grad_(False)
 
 
+def build_vae(state_dict: Mapping[str, torch.Tensor], model: StableDiffusionModel, filename: str) -> torch.nn.Module:
+    """A VAE module for `model` from a VAE file's tensors in the A1111/LDM layout (`encoder.*`,
+    `decoder.*`, `quant_conv.*`, `post_quant_conv.*`), with the dtype and device of the model's VAE.
+
+    The model is not touched: the module is built on its own, so a file that does not fit leaves
+    the model's VAE as it was.
+
+    Raises:
+        errors.CheckpointLoadError: the file holds no VAE weights, or keys or shapes that do not
+            fit the model's VAE; the message names the file and the keys.
+    """
+    from diffusers import AutoencoderKL
+
+    if not any(k.startswith(("encoder.", "decoder.")) for k in state_dict):
+        raise errors.CheckpointLoadError(
+            f"{filename!r} holds no VAE weights: a VAE file has encoder.* and decoder.* keys "
+            f"(found {sd_models_convert._names(sorted(state_dict))})", field="sd_vae")
+    config = model.config.vae
+    converted, unmapped = sd_models_convert.convert_part(state_dict, "", sd_models_convert.vae_table(config))
+    if unmapped:
+        raise errors.CheckpointLoadError(
+            f"VAE file {filename!r} does not fit the loaded model's VAE: unexpected keys ({len(unmapped)}): "
+            f"{sd_models_convert._names(unmapped)}", field="sd_vae")
+    current = next(model.vae.parameters())
+    try:
+        return _build_part("VAE", lambda: AutoencoderKL(**config), converted, current.dtype, current.device, filename)
+    except errors.CheckpointLoadError as e:  # the message names the file and the keys
+        e.field = "sd_vae"
+        raise
+
+
 def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
                 checkpoint_info: CheckpointInfo | None = None, device: torch.device | None = None,
                 dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
@@ -449,14 +504,16 @@ def load_model(checkpoint_info: CheckpointInfo | None = None, *, device: torch.d
                dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
     """Load a checkpoint (default: `select_checkpoint()`) and make it `model_data.sd_model`.
 
-    The previous model stays current until the new one is fully built, so a failed load leaves
-    it in place. The option `sd_model_checkpoint` is set to the loaded title.
+    The previous model stays current until the new one is fully built, with the VAE the `sd_vae`
+    options choose (`sd_vae.reload_vae_weights`), so a failed load (of the checkpoint or of that
+    VAE) leaves it in place. The option `sd_model_checkpoint` is set to the loaded title.
     """
     from modules import shared
     info = checkpoint_info or select_checkpoint()
     with model_data.lock:
         log.info("Loading weights from %s", info.filename)
         model = load_checkpoint(info, device=device, dtype=dtype, dtype_vae=dtype_vae)
+        sd_vae.reload_vae_weights(model)  # the VAE option's choice, before the model becomes current
         previous = model_data.sd_model
         model_data.set_sd_model(model)
         shared.opts.data["sd_model_checkpoint"] = info.title
@@ -516,7 +573,8 @@ def unload_model_weights(sd_model: StableDiffusionModel | None = None,
 
 
 def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> None:
-    """Make setting `sd_model_checkpoint` switch the model (the composition root calls this once).
+    """Make setting `sd_model_checkpoint` switch the model, and `sd_vae` its VAE (see
+    `sd_vae.setup_option_hooks`); the composition root calls this once.
 
     `wrap` lets the caller run the switch under the queue lock. An unknown alias raises
     CheckpointNotFound and a failed load raises CheckpointLoadError; in both cases the option
@@ -530,3 +588,4 @@ def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[
         reload_model_weights(info=info)
 
     opts.onchange("sd_model_checkpoint", wrap(on_checkpoint_change) if wrap else on_checkpoint_change)
+    sd_vae.setup_option_hooks(opts, wrap)

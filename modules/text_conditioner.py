@@ -7,7 +7,11 @@ special tokens, and cut into chunks of 75 tokens; each chunk becomes `[BOS] + 75
 concatenated along the token axis, giving `[B, 77*k, D]`. Prompts of one batch are padded to the
 same chunk count with empty chunks (`BOS` followed by `EOS` padding).
 
-Textual-inversion embeddings are not handled yet.
+Textual-inversion embeddings (`embedding_db`, an `EmbeddingDatabase`) are found on token ids: a
+run of tokens spelling an embedding's name becomes one placeholder token per vector, carrying the
+run's weight; an embedding that does not fit in the current chunk starts the next one (A1111). The
+placeholders' token vectors are replaced by the embedding's vectors inside the encoder. Unlike
+A1111, a comma backtrack that moves an embedding to the next chunk moves its vectors with it.
 """
 from __future__ import annotations
 
@@ -30,6 +34,16 @@ class PromptChunk:
 
     tokens: list[int] = field(default_factory=list)
     multipliers: list[float] = field(default_factory=list)
+    fixes: list["PromptChunkFix"] = field(default_factory=list)
+
+
+@dataclass
+class PromptChunkFix:
+    """An embedding's vectors go at `offset` of the chunk's prompt tokens (`offset + 1` once the
+    start token is in front), as in A1111."""
+
+    offset: int
+    embedding: Any
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,13 +135,15 @@ class _ChunkBuilder:
     def move_tail_after_comma(self) -> None:
         """Close the full chunk just after its last comma; the tokens after it start the next chunk."""
         cut = self.last_comma + 1
-        tail = PromptChunk(self.chunk.tokens[cut:], self.chunk.multipliers[cut:])
+        tail = PromptChunk(self.chunk.tokens[cut:], self.chunk.multipliers[cut:],
+                           [PromptChunkFix(f.offset - cut, f.embedding) for f in self.chunk.fixes if f.offset >= cut])
         del self.chunk.tokens[cut:], self.chunk.multipliers[cut:]
+        self.chunk.fixes = [f for f in self.chunk.fixes if f.offset < cut]
         self.close_chunk()
         self.chunk = tail
 
-    def add(self, token: int, weight: float) -> None:
-        """Append one token, closing the chunk first when it is full."""
+    def make_room(self, token: int) -> None:
+        """Before `token` (or an embedding named from it) goes in: comma bookkeeping, closing a full chunk."""
         full = len(self.chunk.tokens) == CHUNK_LENGTH
         if token == self.conditioner.comma_token:
             self.last_comma = len(self.chunk.tokens)
@@ -136,14 +152,43 @@ class _ChunkBuilder:
             self.move_tail_after_comma()
         if len(self.chunk.tokens) == CHUNK_LENGTH:
             self.close_chunk()
+
+    def add(self, token: int, weight: float) -> None:
+        """Append one token, closing the chunk first when it is full."""
+        self.make_room(token)
         self.chunk.tokens.append(token)
         self.chunk.multipliers.append(weight)
+
+    def add_embedding(self, first_token: int, embedding: Any, weight: float) -> None:
+        """Append an embedding's placeholders (token 0, one per vector); start a new chunk when they
+        would not fit in this one."""
+        self.make_room(first_token)
+        count = int(embedding.vectors)
+        if len(self.chunk.tokens) + count > CHUNK_LENGTH:
+            self.close_chunk()
+        self.chunk.fixes.append(PromptChunkFix(len(self.chunk.tokens), embedding))
+        self.chunk.tokens += [0] * count
+        self.chunk.multipliers += [weight] * count
 
     def finish(self) -> tuple[list[PromptChunk], int]:
         """Close the last chunk (also when the prompt is empty); return the chunks and the token count."""
         if self.chunk.tokens or not self.chunks:
             self.close_chunk(is_last=True)
         return self.chunks, self.token_count
+
+
+def _substitute_vectors(chunks: list[PromptChunk]) -> Callable:
+    """A forward hook for the token embedding that puts each chunk's embedding vectors in place."""
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for row, chunk in enumerate(chunks):
+            for fix in chunk.fixes:
+                start = fix.offset + 1
+                vec = fix.embedding.vec
+                count = min(output.shape[1] - start, vec.shape[0])  # A1111: up to the last position
+                output[row, start:start + count] = vec[:count].to(device=output.device, dtype=output.dtype)
+        return output
+    return hook
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,6 +206,8 @@ class ClipConditioner:
     """
 
     chunk_length = CHUNK_LENGTH
+    embedding_db: Any = None
+    """The textual-inversion database (`find_embedding_at_position`, `ids_lookup`), or None."""
 
     def __init__(self, tokenizer: Any, text_encoder: Any):
         self.tokenizer = tokenizer
@@ -200,9 +247,26 @@ class ClipConditioner:
             if emphasis != "None" and text == "BREAK" and weight == -1:
                 builder.close_chunk()
                 continue
+            self._add_tokens(builder, tokens, weight)
+        return builder.finish()
+
+    def _add_tokens(self, builder: _ChunkBuilder, tokens: list[int], weight: float) -> None:
+        """Feed one weighted run's tokens to `builder`; a run of ids spelling an embedding's name
+        (longest name first, as A1111 matches) goes in as that embedding."""
+        database = self.embedding_db
+        if database is None or not database.ids_lookup:
             for token in tokens:
                 builder.add(token, weight)
-        return builder.finish()
+            return
+        position = 0
+        while position < len(tokens):
+            embedding, length = database.find_embedding_at_position(tokens, position)
+            if embedding is None:
+                builder.add(tokens[position], weight)
+                position += 1
+            else:
+                builder.add_embedding(tokens[position], embedding, weight)
+                position += length
 
     def process_texts(self, texts: Sequence[str], *, emphasis: str = "Original",
                       comma_padding_backtrack: int = 20) -> tuple[list[list[PromptChunk]], int]:
@@ -270,7 +334,14 @@ class ClipConditioner:
         """Encode one chunk per prompt, `[B, 77, D]`, with emphasis applied."""
         device = self.device
         tokens = self.pad_after_end(torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=device))
-        z = self.encode_tokens(tokens, clip_skip)
+        if any(c.fixes for c in chunks):
+            hook = self.text_encoder.get_input_embeddings().register_forward_hook(_substitute_vectors(chunks))
+            try:
+                z = self.encode_tokens(tokens, clip_skip)
+            finally:
+                hook.remove()
+        else:
+            z = self.encode_tokens(tokens, clip_skip)
         multipliers = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=z.device)
         return EMPHASIS_MODES[emphasis](z, multipliers)
 

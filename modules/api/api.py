@@ -340,9 +340,8 @@ class Api:
         return out
 
     async def get_sd_vaes(self) -> list[dict[str, str]]:
-        folder = getattr(self.cmd_opts, "vae_dir", None) or shared.data_paths.vae_dir
-        return [{"model_name": name, "filename": os.path.join(folder, name)}
-                for name in _model_files(folder, (".pt", ".ckpt", ".safetensors"))]
+        from modules import sd_vae
+        return sd_vae.vae_items()
 
     async def get_hypernetworks(self) -> list:
         return []
@@ -361,17 +360,39 @@ class Api:
                 for s in database.styles.values()]
 
     async def get_embeddings(self) -> dict[str, dict]:
-        return {"loaded": {}, "skipped": {}}
+        return await self._in_job_thread(self._list_embeddings)
 
-    def refresh_embeddings(self) -> None:
-        return None
+    def _list_embeddings(self) -> dict[str, dict]:
+        """Loads the database on first use (the model loads then too), as the next job would."""
+        from modules.textual_inversion import textual_inversion
+        database = textual_inversion.embedding_db
+
+        def load() -> None:
+            if database._signature is None:
+                from modules import sd_models
+                database.load_textual_inversion_embeddings(sd_models.model_data.get_sd_model())
+        self._queued(load)
+
+        def item(embedding: Any) -> dict[str, Any]:
+            return {"step": embedding.step, "sd_checkpoint": embedding.sd_checkpoint,
+                    "sd_checkpoint_name": embedding.sd_checkpoint_name, "shape": embedding.shape,
+                    "vectors": embedding.vectors}
+        return {"loaded": {name: item(e) for name, e in database.word_embeddings.items()},
+                "skipped": {name: item(e) for name, e in database.skipped_embeddings.items()}}
+
+    async def refresh_embeddings(self) -> None:
+        from modules.textual_inversion import textual_inversion
+        from modules import sd_models
+        await self._in_job_thread(self._queued, lambda: textual_inversion.embedding_db.load_textual_inversion_embeddings(
+            sd_models.model_data.get_sd_model(), force_reload=True))
 
     async def refresh_checkpoints(self) -> None:
         from modules import sd_models
         await self._in_job_thread(self._queued, sd_models.list_models)
 
-    def refresh_vae(self) -> None:
-        return None
+    async def refresh_vae(self) -> None:
+        from modules import sd_vae
+        await self._in_job_thread(self._queued, sd_vae.refresh_vae_list)
 
     def create_embedding(self, args: dict = Body(default_factory=dict)) -> None:
         raise NotSupported("Creating embeddings is not supported by Serena")
