@@ -249,3 +249,65 @@ def write_demo_embedding(path: str, vectors: int = 1, width: int | None = None, 
         data = buffer.getvalue()
     atomic_write_bytes(path, data)
     return path
+
+
+LORA_SALT = "serena-demo-lora"
+LORA_RANK = 4
+LORA_ALPHA = 2.0
+# diffusers / transformers module names the demo LoRA touches: Linear, 1x1 and 3x3 Conv2d
+LORA_UNET_MODULES = (
+    "down_blocks.0.resnets.0.conv1",                                    # Conv2d 3x3
+    "down_blocks.1.attentions.0.proj_in",                               # Conv2d 1x1
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",       # Linear
+    "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",       # Linear (cross attention)
+    "up_blocks.0.attentions.0.transformer_blocks.0.ff.net.2",           # Linear
+)
+LORA_TE_MODULES = (
+    "text_model.encoder.layers.0.self_attn.q_proj",
+    "text_model.encoder.layers.1.mlp.fc1",
+    "text_model.encoder.layers.2.self_attn.out_proj",
+)
+
+
+def build_demo_lora_state_dict(rank: int = LORA_RANK, alpha: float = LORA_ALPHA,
+                               salt: str = LORA_SALT) -> dict[str, torch.Tensor]:
+    """A tiny kohya/A1111-layout LoRA for the demo checkpoint (float32, a pure function of the arguments).
+
+    Keys: `lora_unet_<diffusers module path, dots as _>.{lora_down.weight, lora_up.weight, alpha}` and
+    `lora_te_text_model_encoder_layers_N_…`. A Conv2d gets a `[rank, in, kh, kw]` down and a
+    `[out, rank, 1, 1]` up weight, as kohya's sd-scripts write them.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET_CONFIG)
+        clip = CLIPTextModel(CLIPTextConfig(**CLIP_CONFIG))
+    state: dict[str, torch.Tensor] = {}
+    for prefix, model, names in (("lora_unet_", unet, LORA_UNET_MODULES), ("lora_te_", clip, LORA_TE_MODULES)):
+        modules = dict(model.named_modules())
+        for name in names:  # transformers 5 has no `text_model.` level in CLIPTextModel
+            weight = (modules.get(name) or modules[name.removeprefix("text_model.")]).weight
+            key = prefix + name.replace(".", "_")
+            out_dim, in_dim = int(weight.shape[0]), int(weight.shape[1])
+            kernel = tuple(int(s) for s in weight.shape[2:])
+            down_shape = (rank, in_dim, *kernel)
+            up_shape = (out_dim, rank) + ((1, 1) if kernel else ())
+            fan_in = in_dim * (kernel[0] * kernel[1] if kernel else 1)
+            down = torch.randn(down_shape, generator=_generator(f"{salt}/{key}/down")) * (1.0 / fan_in) ** 0.5
+            up = torch.randn(up_shape, generator=_generator(f"{salt}/{key}/up")) * (1.0 / rank) ** 0.5
+            state[key + ".lora_down.weight"] = down.contiguous()
+            state[key + ".lora_up.weight"] = up.contiguous()
+            state[key + ".alpha"] = torch.tensor(float(alpha))
+    return state
+
+
+def write_demo_lora(path: str, rank: int = LORA_RANK, alpha: float = LORA_ALPHA, salt: str = LORA_SALT) -> str:
+    """Write the demo LoRA to `path` (.safetensors, the same bytes on every run); return `path`."""
+    import safetensors.torch
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # no metadata: safetensors writes a multi-key metadata map in no fixed order
+    data = safetensors.torch.save(build_demo_lora_state_dict(rank, alpha, salt))
+    atomic_write_bytes(path, data)
+    return path

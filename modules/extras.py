@@ -54,12 +54,11 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from typing import Any, Callable, Mapping, MutableMapping
 
 import torch
 
-from modules import errors, safe_load, sd_models, sd_models_config, sd_vae
+from modules import errors, fileio, safe_load, sd_models, sd_models_config, sd_vae
 
 log = logging.getLogger(__name__)
 
@@ -387,47 +386,12 @@ def _refuse_existing(path: str) -> None:
 
 # --- writing --------------------------------------------------------------------------------------
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_new_file(path: str, save: Callable[[str], None], overwrite: bool = False) -> None:
-    """Call `save(temporary_path)` beside `path`, then publish it as `path` in one step.
-
-    Without `overwrite` the publishing is a hard link, which fails if `path` exists (even if it
-    appeared meanwhile). On any error or interrupt the temporary file is removed and nothing is
-    left at `path`.
-    """
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    """`fileio.atomic_save`, with an existing file (when not overwriting) refused as a request error."""
     try:
-        save(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            _refuse_existing(path)
-        except OSError:  # a file system without hard links: check, then rename
-            if os.path.exists(path):
-                _refuse_existing(path)
-            os.replace(tmp, path)
-            return
-        os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        fileio.atomic_save(path, save, overwrite=overwrite)
+    except FileExistsError:
+        _refuse_existing(path)
 
 
 def _unshared(theta: Mapping[str, Tensor]) -> dict[str, Tensor]:

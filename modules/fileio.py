@@ -42,3 +42,44 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf8")))
+
+
+def atomic_save(path: str, save: Callable[[str], None], *, overwrite: bool = True) -> None:
+    """Call `save(temporary_path)` beside `path` (for writers that take a path, such as
+    safetensors' `save_file`), then publish the file as `path` in one step.
+
+    Without `overwrite` the publishing is a hard link, which fails if `path` exists, even if it
+    appeared while saving (where the file system has no hard links: a check, then a rename).
+    On any error or interrupt the temporary file is removed and nothing is left at `path`.
+
+    Raises:
+        FileExistsError: `path` exists and `overwrite` is False.
+    """
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:
+            if os.path.exists(path):
+                raise FileExistsError(path) from None
+            os.replace(tmp, path)
+            return
+        os.unlink(tmp)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

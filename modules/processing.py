@@ -237,7 +237,7 @@ class StableDiffusionProcessing:
         model = self.sd_model
         return (tuple(required_prompts), steps, hires_steps, use_old_scheduling, opts.CLIP_stop_at_last_layers,
                 id(model), getattr(model, "sd_model_hash", None), repr(extra_network_data), self.width,
-                self.height, opts.emphasis, opts.comma_padding_backtrack, opts.fp8_storage)
+                self.height, opts.emphasis, opts.comma_padding_backtrack, opts.fp8_storage, _patched_text_encoder())
 
     def get_conds_with_caching(self, function: Callable, required_prompts: list[str], steps: int,
                                caches: list[list], extra_network_data: Any, hires_steps: int | None = None) -> Any:
@@ -576,6 +576,12 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     return res
 
 
+def _patched_text_encoder() -> tuple:
+    """The LoRA networks patched into the text encoder now (part of the conditioning cache key)."""
+    from modules import lora_networks
+    return lora_networks.applied_key("te")
+
+
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     """The stages of one job (spec §2.3.3); returns what was made even when interrupted."""
     prepare_job(p)                                          # 1. defaults, model name/hash, outdirs
@@ -588,10 +594,14 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     with torch.no_grad(), sd_tiling.tiled(p.sd_model, bool(p.tiling)):
         p.init(p.all_prompts, p.all_seeds, p.all_subseeds)  # 6. mode-specific init
         set_job_count(p)
-        for n in range(p.n_iter):                           # 7. the batch loop
-            if not begin_batch(p, n):
-                break
-            run_batch(p, n, output)
+        try:
+            for n in range(p.n_iter):                       # 7. the batch loop
+                if not begin_batch(p, n):
+                    break
+                run_batch(p, n, output)
+        finally:                                            # 9. extra networks off (weights restored)
+            from modules import extra_networks
+            extra_networks.deactivate(p, p.extra_network_data)
         if not output.infotexts:                            # nothing made: the job's infotext all the same
             output.infotexts.append(Processed(p, []).infotext(p, 0))
         make_grid(p, output)                                # 8. grid

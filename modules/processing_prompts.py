@@ -9,7 +9,6 @@ still sees every call. The processing classes' `setup_prompts` / `setup_conds` /
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 from modules import errors, shared
@@ -43,21 +42,10 @@ def expand_prompts(prompt: str | list[str], negative_prompt: str | list[str], co
     return prompts, negatives
 
 
-_re_extra_net = re.compile(r"<(\w+):([^>]+)>")
-
-
 def parse_extra_networks(prompts: list[str]) -> tuple[list[str], dict[str, list[list[str]]]]:
     """Remove `<name:args>` tags from every prompt; the data comes from the first prompt (spec §4)."""
-    try:
-        from modules import extra_networks
-    except ImportError:
-        extra_networks = None
-    if extra_networks is not None and hasattr(extra_networks, "parse_prompts"):
-        return extra_networks.parse_prompts(prompts)
-    data: dict[str, list[list[str]]] = {}
-    for name, args in _re_extra_net.findall(prompts[0] if prompts else ""):
-        data.setdefault(name, []).append(args.split(":"))
-    return [_re_extra_net.sub("", prompt) for prompt in prompts], data
+    from modules import extra_networks
+    return extra_networks.parse_prompts(prompts)
 
 
 def sampler_total_steps(sampler_name: str | None, steps: int) -> int:
@@ -138,6 +126,9 @@ def calculate_hr_conds(p: StableDiffusionProcessingTxt2Img) -> None:
     prompts (A1111 accepts one) would otherwise give a short last batch more hires prompts than
     images. `processing_validation` has already refused lists with too few.
     """
+    if getattr(p, "is_hr_pass", False) and not p.disable_extra_networks:  # A1111: the hires prompt's networks
+        from modules import extra_networks
+        extra_networks.activate(p, p.hr_extra_network_data)
     from modules import prompt_parser
     images = len(p.prompts)
     p.hr_prompts, p.hr_negative_prompts = p.hr_prompts[:images], p.hr_negative_prompts[:images]

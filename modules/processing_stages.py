@@ -134,6 +134,8 @@ def run_batch(p: StableDiffusionProcessing, n: int, output: JobOutput) -> None:
     run_hook(p, "before_process_batch", **batch)
     p.parse_extra_network_prompts()  # tags leave the prompts even when extra networks are disabled (A1111)
     if not p.disable_extra_networks:  # A1111 fires this hook from the activation it skips when disabled
+        from modules import extra_networks
+        extra_networks.activate(p, p.extra_network_data)
         run_hook(p, "after_extra_networks_activate", **batch, extra_network_data=p.extra_network_data)
     run_hook(p, "process_batch", **batch)
     p.setup_conds()

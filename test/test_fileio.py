@@ -33,3 +33,18 @@ def test_replaces_an_existing_file_whole(tmp_path):
     fileio.atomic_write_bytes(str(target), b"old")
     fileio.atomic_write_bytes(str(target), b"new content")
     assert target.read_bytes() == b"new content"
+
+
+def test_atomic_save_publishes_whole_files_and_never_replaces_unless_asked(tmp_path):
+    target = tmp_path / "sub" / "model.safetensors"
+    fileio.atomic_save(str(target), lambda tmp: open(tmp, "wb").write(b"first"), overwrite=False)
+    assert target.read_bytes() == b"first"
+    with pytest.raises(FileExistsError):
+        fileio.atomic_save(str(target), lambda tmp: open(tmp, "wb").write(b"second"), overwrite=False)
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError):
+        fileio.atomic_save(str(target), lambda tmp: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert target.read_bytes() == b"first"
+    fileio.atomic_save(str(target), lambda tmp: open(tmp, "wb").write(b"second"))
+    assert target.read_bytes() == b"second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"]  # no temporary left

@@ -7,12 +7,12 @@ import os
 import re
 import shutil
 
-import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from modules import demo_checkpoint, errors, infotext_utils, processing, sd_models, sd_vae, shared
+from job_helpers import image_bytes, job
 from test_processing_helpers import close_env, make_env
 
 
@@ -47,17 +47,6 @@ def model(env):
     reset()
     yield sd_models.model_data.sd_model
     reset()
-
-
-def job(**kwargs) -> processing.Processed:
-    base = dict(prompt="a red cube", negative_prompt="blurry", seed=1234, steps=3, width=64, height=64,
-                sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
-    base.update(kwargs)
-    return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**base))
-
-
-def image_bytes(res: processing.Processed) -> bytes:
-    return np.asarray(res.images[0].convert("RGB")).tobytes()
 
 
 def sha10(path: str) -> str:

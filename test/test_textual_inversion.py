@@ -7,12 +7,12 @@ import hashlib
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from modules import demo_checkpoint, infotext_utils, processing, shared, text_conditioner
 from modules.textual_inversion import textual_inversion
+from job_helpers import image_bytes, job
 from test_processing_helpers import close_env, make_env
 
 NAME = "sernemb"        # 3 vectors
@@ -45,17 +45,6 @@ def load(force: bool = False) -> textual_inversion.EmbeddingDatabase:
 
 def conditioner() -> text_conditioner.ClipConditioner:
     return shared.sd_model.cond_stage_model
-
-
-def job(**kwargs) -> processing.Processed:
-    base = dict(prompt="a red cube", negative_prompt="blurry", seed=1234, steps=3, width=64, height=64,
-                sampler_name="Euler", do_not_save_samples=True, do_not_save_grid=True)
-    base.update(kwargs)
-    return processing.process_images(processing.StableDiffusionProcessingTxt2Img(**base))
-
-
-def image_bytes(res: processing.Processed) -> bytes:
-    return np.asarray(res.images[0].convert("RGB")).tobytes()
 
 
 def sha12(path: str) -> str:

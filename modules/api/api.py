@@ -440,7 +440,8 @@ class Api:
         return []
 
     async def get_loras(self) -> list[dict[str, Any]]:
-        folder = os.path.join(shared.data_paths.models_path, "Lora")
+        from modules import lora_networks
+        folder = lora_networks.lora_dir()
         items = []
         for name in _model_files(folder, (".pt", ".ckpt", ".safetensors")):
             path, stem = os.path.join(folder, name), os.path.splitext(name)[0]
@@ -450,6 +451,8 @@ class Api:
         return items
 
     async def refresh_loras(self) -> None:
+        from modules import lora_networks
+        lora_networks.list_available_networks(force=True)
         return None
 
     # --- server control (--api-server-stop) ----------------------------------------------------------
