@@ -11,22 +11,11 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
 
     On any error the temporary file is removed and `path` is left as it was.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_save(path, save)
 
 
 def _umask() -> int:
@@ -55,7 +44,7 @@ def atomic_save(path: str, save: Callable[[str], None], *, overwrite: bool = Tru
     Raises:
         FileExistsError: `path` exists and `overwrite` is False.
     """
-    folder = os.path.dirname(path) or "."
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -63,7 +52,7 @@ def atomic_save(path: str, save: Callable[[str], None], *, overwrite: bool = Tru
         save(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a saved file gets the usual mode
         if overwrite:
             os.replace(tmp, path)
             return
