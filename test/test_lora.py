@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from modules import demo_checkpoint, extra_networks, infotext_utils, lora_networks, processing, shared
+from modules import demo_checkpoint, extra_networks, infotext_utils, lora_networks, shared
 from job_helpers import image_bytes, job
 from test_processing_helpers import close_env, make_env
 

@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from modules import demo_checkpoint, errors, infotext_utils, processing, sd_models, sd_vae, shared
+from modules import demo_checkpoint, errors, infotext_utils, sd_models, sd_vae, shared
 from job_helpers import image_bytes, job
 from test_processing_helpers import close_env, make_env
 
