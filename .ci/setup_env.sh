@@ -1,5 +1,6 @@
 # Sourced by webui.sh and run_tests.sh: create venv/ when missing and install the pinned
-# requirements file given as $1 when it changed since the last install. Sets SERENA_PYTHON.
+# requirements file given as $1, then requirements-nodeps.txt without dependencies, when either
+# (or requirements.txt) changed since the last install. Sets SERENA_PYTHON.
 # Only Python 3.10+ is needed beforehand; override the interpreter with $python_cmd.
 req_file="$1"
 py="${python_cmd:-python3}"
@@ -8,11 +9,13 @@ if [ ! -x venv/bin/python ]; then
   "$py" -m venv venv
 fi
 stamp="venv/.serena-installed-$(basename "$req_file")"
-want="$(cat requirements.txt "$req_file" | sha256sum | cut -d' ' -f1)"
+want="$(cat requirements.txt "$req_file" requirements-nodeps.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing pinned requirements from $req_file into venv/ (the first time downloads about 1 GB;"
   echo "pip lists each package as it goes)"
   venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -r "$req_file"
+  # Packages whose declared dependencies must not come along (spandrel's torchvision: see the file).
+  venv/bin/python -m pip install --disable-pip-version-check --progress-bar on --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
 SERENA_PYTHON="$PWD/venv/bin/python"

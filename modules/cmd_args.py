@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--vae-dir", type=str, default=None, help="folder with VAE files")
     add("--embeddings-dir", type=str, default=None, help="textual inversion folder")
     add("--lora-dir", type=str, default=None, help="LoRA folder (default: <models-dir>/Lora)")
+    add("--hypernetwork-dir", type=str, default=None,
+        help="hypernetwork folder (default: <models-dir>/hypernetworks)")
     add("--config", type=str, default=None, help="model config fallback (kept for A1111 compatibility)")
     add("--ui-settings-file", type=str, default=None, help="options file (default: <data-dir>/config.json)")
     add("--ui-config-file", type=str, default=None, help="UI defaults file (default: <data-dir>/ui-config.json)")

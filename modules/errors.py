@@ -64,7 +64,7 @@ class CheckpointLoadError(SerenaError):
 
 
 class UnsupportedModel(CheckpointLoadError):
-    """A recognised architecture Serena does not load yet (SD2.x, SDXL)."""
+    """A recognised architecture Serena does not load (SD2 depth-to-image, for instance)."""
 
 
 class NotFound(SerenaError):

@@ -4,7 +4,7 @@ A network is an `ExtraNetwork` subclass registered under its tag name with `regi
 Each batch, `activate(p, extra_network_data)` calls every registered network's
 `activate(p, params_list)`: the mentioned ones with their `ExtraNetworkParams`, the others with `[]`.
 `deactivate(p, extra_network_data)` runs at the end of the job. The built-in `lora` network (alias
-`lyco`) is registered on first use (`modules.lora_networks`).
+`lyco`) and `hypernet` are registered on first use (`modules.lora_networks`, `modules.hypernetworks`).
 
 `parse_prompts` keeps Serena's parsing result: `{name: [[arg, …], …]}` from the first prompt, the
 tags removed from every prompt; `activate` hands the networks `ExtraNetworkParams` built from it.
@@ -54,12 +54,15 @@ def register_extra_network_alias(extra_network: ExtraNetwork, alias: str) -> Non
 
 
 def register_default_extra_networks() -> None:
-    """The built-in networks (`lora`, alias `lyco`), unless something registered those names already."""
+    """The built-in networks (`lora`, alias `lyco`; `hypernet`), unless something registered those names already."""
     if "lora" not in extra_network_registry:
         from modules.lora_networks import ExtraNetworkLora
         network = ExtraNetworkLora()
         register_extra_network(network)
         extra_network_aliases.setdefault("lyco", network)
+    if "hypernet" not in extra_network_registry:
+        from modules.hypernetworks.extra_network import ExtraNetworkHypernet
+        register_extra_network(ExtraNetworkHypernet())
 
 
 def _as_params(items: Any) -> ExtraNetworkParams:

@@ -98,6 +98,9 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "sd_checkpoints_keep_in_cpu": O(True, "Only keep one model on device"),
             "sd_checkpoint_cache": O(0, "Checkpoints to cache in RAM"),
             "sd_unet": O("Automatic", "SD Unet"),
+            "sd_hypernetwork": O("None", "Add hypernetwork to prompt"),
+            "sd_prediction_type": O("Automatic", "Model prediction type (Automatic: a .yaml beside the checkpoint, "
+                                    "else detected as A1111 does)", choices=("Automatic", "eps", "v")),
             "enable_quantization": O(False, "Enable quantization in K samplers for sharper and cleaner results"),
             "emphasis": O("Original", "Emphasis mode", infotext="Emphasis",
                           choices=("None", "Ignore", "Original", "No norm")),
@@ -109,6 +112,12 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "randn_source": O("GPU", "Random number generator source.", infotext="RNG", choices=("GPU", "CPU", "NV")),
             "tiling": O(False, "Tiling", infotext="Tiling"),
             "hires_fix_refiner_pass": O("second pass", "Hires fix: which pass to enable refiner for"),
+        },
+        "sdxl": {
+            "sdxl_crop_top": O(0, "crop top coordinate", minimum=0, maximum=16384),
+            "sdxl_crop_left": O(0, "crop left coordinate", minimum=0, maximum=16384),
+            "sdxl_refiner_low_aesthetic_score": O(2.5, "SDXL low aesthetic score", minimum=0.0, maximum=10.0),
+            "sdxl_refiner_high_aesthetic_score": O(6.0, "SDXL high aesthetic score", minimum=0.0, maximum=10.0),
         },
         "vae": {
             "sd_vae_checkpoint_cache": O(0, "VAE Checkpoints to cache in RAM"),
@@ -224,15 +233,32 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
         },
         "face-restoration": {
             "face_restoration": O(False, "Restore faces", infotext="Face restoration"),
-            "face_restoration_model": O("CodeFormer", "Face restoration model"),
-            "code_former_weight": O(0.5, "CodeFormer weight"),
+            "face_restoration_model": O("CodeFormer", "Face restoration model", choices=("CodeFormer", "GFPGAN")).info(
+                "weights are not downloaded: CodeFormer needs models/Codeformer/codeformer-v0.1.0.pth, GFPGAN "
+                "models/GFPGAN/GFPGANv1.4.pth, both the face detector models/GFPGAN/detection_Resnet50_Final.pth"),
+            "code_former_weight": O(0.5, "CodeFormer weight", minimum=0, maximum=1).info("0 = maximum effect; 1 = minimum effect"),
             "face_restoration_unload": O(False, "Move face restoration model from VRAM into RAM after processing"),
         },
         "upscaling": {
-            "ESRGAN_tile": O(192, "Tile size for ESRGAN upscalers."),
-            "ESRGAN_tile_overlap": O(8, "Tile overlap for ESRGAN upscalers."),
-            "realesrgan_enabled_models": O([], "Select which Real-ESRGAN models to show in the web UI."),
+            # Model upscalers (modules/upscaler_spandrel.py). HAT uses the ESRGAN tile options, as in A1111.
+            "ESRGAN_tile": O(192, "Tile size for ESRGAN upscalers.", minimum=0, maximum=512).info("0 = no tiling"),
+            "ESRGAN_tile_overlap": O(8, "Tile overlap for ESRGAN upscalers.", minimum=0, maximum=48)
+            .info("Low values = visible seam"),
+            "realesrgan_enabled_models": O(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
+                                           "Select which Real-ESRGAN models to show in the web UI."),
+            "dat_enabled_models": O(["DAT x2", "DAT x3", "DAT x4"], "Select which DAT models to show in the web UI."),
+            "DAT_tile": O(192, "Tile size for DAT upscalers.", minimum=0, maximum=512).info("0 = no tiling"),
+            "DAT_tile_overlap": O(8, "Tile overlap for DAT upscalers.", minimum=0, maximum=48)
+            .info("Low values = visible seam"),
             "upscaler_for_img2img": O(None, "Upscaler for img2img"),
+            "set_scale_by_when_changing_upscaler": O(
+                False, "Automatically set the Scale by factor based on the name of the selected Upscaler."),
+            "SWIN_tile": O(192, "Tile size for all SwinIR.", minimum=16, maximum=512),
+            "SWIN_tile_overlap": O(8, "Tile overlap, in pixels for SwinIR. Low values = visible seam.",
+                                   minimum=0, maximum=48),
+            "SCUNET_tile": O(256, "Tile size for SCUNET upscalers.", minimum=0, maximum=512).info("0 = no tiling"),
+            "SCUNET_tile_overlap": O(8, "Tile overlap for SCUNET upscalers.", minimum=0, maximum=64)
+            .info("Low values = visible seam"),
         },
         "api": {
             "api_enable_requests": O(False, "Allow http:// and https:// URLs for input images in API", restrict_api=True),

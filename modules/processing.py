@@ -237,7 +237,9 @@ class StableDiffusionProcessing:
         model = self.sd_model
         return (tuple(required_prompts), steps, hires_steps, use_old_scheduling, opts.CLIP_stop_at_last_layers,
                 id(model), getattr(model, "sd_model_hash", None), repr(extra_network_data), self.width,
-                self.height, opts.emphasis, opts.comma_padding_backtrack, opts.fp8_storage, _patched_text_encoder())
+                self.height, opts.emphasis, opts.comma_padding_backtrack, opts.fp8_storage, _patched_text_encoder(),
+                opts.sdxl_crop_left, opts.sdxl_crop_top, opts.sdxl_clip_l_skip, opts.sdxl_refiner_low_aesthetic_score,
+                opts.sdxl_refiner_high_aesthetic_score)
 
     def get_conds_with_caching(self, function: Callable, required_prompts: list[str], steps: int,
                                caches: list[list], extra_network_data: Any, hires_steps: int | None = None) -> Any:
@@ -567,13 +569,25 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
     settings = shared.opts.validate_overrides(p.override_settings or {})
     run_hook(p, "before_process")
     settings, previous_checkpoint = _checkpoint_override(settings)
+    job_checkpoint = getattr(_ensure_model(), "sd_checkpoint_info", None)
     try:
         with shared.opts.override(settings), sd_vae.job_vae(_ensure_model()):  # the job's VAE, this job only
             validate(p)
             res = ProcessingRunner().run(ProcessingRequest(p))
     finally:
+        _back_from_refiner(job_checkpoint)
         _after_job(p, settings, previous_checkpoint)
     return res
+
+
+def _back_from_refiner(job_checkpoint: Any) -> None:
+    """After a job whose refiner took over, make the job's own checkpoint current again, so the
+    next job starts on the model it asked for (A1111 does this at the start of the next job)."""
+    from modules import sd_models
+    current = getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None)
+    if job_checkpoint is not None and current is not None \
+            and os.path.abspath(current.filename) != os.path.abspath(job_checkpoint.filename):
+        sd_models.reload_model_weights(info=job_checkpoint)
 
 
 def _patched_text_encoder() -> tuple:

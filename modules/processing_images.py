@@ -11,6 +11,7 @@ A1111's own functions do, so an extension's replacement is used.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ import torch
 from PIL import Image
 
 from modules import errors, shared
+
+log = logging.getLogger(__name__)
 
 opt_C = 4
 """Latent channels of an SD1 model (A1111 name)."""
@@ -42,6 +45,8 @@ def decode_latent_batch(model: Any, batch: torch.Tensor, target_device: torch.de
     check_for_nans = check_for_nans and not getattr(shared.cmd_opts, "disable_nan_check", False)
     for i in range(batch.shape[0]):
         image = processing.decode_first_stage(model, batch[i:i + 1])[0]
+        if check_for_nans and torch.isnan(image).any() and _upcast_vae(model):
+            image = processing.decode_first_stage(model, batch[i:i + 1])[0]
         if check_for_nans and torch.isnan(image).any():
             raise errors.NansDetected(
                 f"VAE produced NaNs decoding image {i} of the batch: the job's values (extreme prompt weights, "
@@ -49,6 +54,18 @@ def decode_latent_batch(model: Any, batch: torch.Tensor, target_device: torch.de
                 "range; lower them, or run the VAE in full precision (--no-half-vae)")
         decoded.append(image.to(target_device) if target_device is not None else image)
     return decoded
+
+
+def _upcast_vae(model: Any) -> bool:
+    """Option `auto_vae_precision` (A1111): after a NaN from a half-precision VAE, convert the
+    model's VAE to float32 for good and say so in the log. Returns whether it converted."""
+    vae = getattr(model, "first_stage_model", None)
+    if not shared.opts.auto_vae_precision or vae is None or model.dtype_vae == torch.float32:
+        return False
+    log.warning("A tensor with NaNs was produced in the VAE (%s); converting the VAE to 32-bit floats and "
+                "decoding again. Pass --no-half-vae to start that way.", model.dtype_vae)
+    vae.to(torch.float32)
+    return True
 
 
 def images_tensor_to_samples(image: torch.Tensor, model: Any) -> torch.Tensor:

@@ -61,9 +61,13 @@ def prepare_job(p: StableDiffusionProcessing) -> None:
         p.restore_faces = opts.face_restoration
     if p.tiling is None:
         p.tiling = opts.tiling
-    if p.restore_faces:
-        p.comment("face restoration is not available in Serena yet; skipped")
-        p.restore_faces = False
+    if p.restore_faces:  # a missing weight file skips restoration with a comment naming it (A1111 warns and skips)
+        from modules import face_restoration
+        try:
+            face_restoration.check_available(opts.face_restoration_model, field="restore_faces")
+        except face_restoration.FaceRestorerUnavailable as e:
+            p.comment(f"{e}; skipped")
+            p.restore_faces = False
     if opts.randn_source == "NV":
         p.comment("randn_source NV: noise is drawn on the CPU generator (no NVIDIA Philox port yet)")
     model = p.sd_model
@@ -187,11 +191,13 @@ def _batch_infotext(p: StableDiffusionProcessing, i: int, use_main_prompt: bool 
 
 
 def finish_image(p: StableDiffusionProcessing, n: int, i: int, x_sample: Any, save: bool, output: JobOutput) -> None:
-    """Stage 7.12 for one image: postprocess hooks, colour correction, overlay, save, infotext."""
+    """Stage 7.12 for one image: face restoration, postprocess hooks, colour correction, overlay, save, infotext."""
     from modules import processing  # A1111 names are looked up there: extensions replace them
     opts = shared.opts
     p.batch_index = i
     image = x_sample if isinstance(x_sample, Image.Image) else sample_to_image(x_sample)
+    if p.restore_faces:
+        image = _restore_faces(p, i, image, save)
     image = _postprocess_image_hook(p, "postprocess_image", image)
     mask_for_overlay, overlay = _mask_overlay(p, i)
     if p.color_corrections is not None and i < len(p.color_corrections):
@@ -210,6 +216,17 @@ def finish_image(p: StableDiffusionProcessing, n: int, i: int, x_sample: Any, sa
     output.images.append(image)
     if mask_for_overlay is not None:
         _mask_outputs(p, i, image, original_denoised, mask_for_overlay, save, output, text)
+
+
+def _restore_faces(p: StableDiffusionProcessing, i: int, image: Image.Image, save: bool) -> Image.Image:
+    """Image `i` with its faces restored (A1111: before scripts' `postprocess_image`), the original
+    saved first with the suffix -before-face-restoration when the option asks for it."""
+    import numpy as np
+
+    from modules import face_restoration
+    if save and shared.opts.save_images_before_face_restoration:
+        save_sample(p, i, image, suffix="-before-face-restoration")
+    return Image.fromarray(face_restoration.restore_faces(np.asarray(image.convert("RGB"))))
 
 
 def _postprocess_image_hook(p: StableDiffusionProcessing, hook: str, image: Image.Image) -> Image.Image:

@@ -69,16 +69,33 @@ def validate(p: StableDiffusionProcessing) -> None:
     if p.denoising_strength is not None:
         _check_number(p.denoising_strength, "denoising_strength", 0.0, 1.0)
     validate_prompts(p)
-    if p.refiner_checkpoint not in NO_REFINER:
-        raise errors.InvalidParameter(
-            f"the refiner is not supported yet; got refiner_checkpoint={p.refiner_checkpoint!r}",
-            field="refiner_checkpoint")
+    validate_refiner(p)
     _normalise_sampler(p)
     if isinstance(p, StableDiffusionProcessingTxt2Img) and p.enable_hr:
         validate_hires(p)
     if isinstance(p, StableDiffusionProcessingImg2Img):
         validate_img2img(p)
     validate_prompt_counts(p)  # after validate_img2img, which may raise batch_size
+
+
+def validate_refiner(p: StableDiffusionProcessing) -> None:
+    """Resolve `refiner_checkpoint` into `p.refiner_checkpoint_info` (any checkpoint alias; "", "None"
+    or null: no refiner) and check `refiner_switch_at` (a fraction 0..1, or null: switch at once)."""
+    p.refiner_checkpoint_info = None
+    if p.refiner_checkpoint in NO_REFINER:
+        return
+    from modules import sd_models  # lazy: model code loads on first use
+    if not isinstance(p.refiner_checkpoint, str):
+        raise errors.InvalidParameter(f"refiner_checkpoint must be a checkpoint name, got {p.refiner_checkpoint!r}",
+                                      field="refiner_checkpoint")
+    info = sd_models.get_closet_checkpoint_match(p.refiner_checkpoint)
+    if info is None:
+        known = ", ".join(repr(t) for t in sd_models.checkpoints_list) or "none"
+        raise errors.InvalidParameter(f"refiner checkpoint {p.refiner_checkpoint!r} not found; known checkpoints: {known}",
+                                      field="refiner_checkpoint")
+    if p.refiner_switch_at is not None:
+        _check_number(p.refiner_switch_at, "refiner_switch_at", 0.0, 1.0)
+    p.refiner_checkpoint_info = info
 
 
 def _uses_hires(p: StableDiffusionProcessing) -> bool:

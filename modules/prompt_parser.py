@@ -368,7 +368,7 @@ def get_learned_conditioning(model: Any, prompts: list[str], steps: int, hires_s
             texts = SdConditioning([text for _, text in schedule], copy_from=prompts)
             conds = model.get_learned_conditioning(texts)
             check_finite(conds, prompt, _field_of(prompts, hires_steps))
-            cache[prompt] = [ScheduledPromptConditioning(end, conds[i]) for i, (end, _) in enumerate(schedule)]
+            cache[prompt] = [ScheduledPromptConditioning(end, cond_row(conds, i)) for i, (end, _) in enumerate(schedule)]
         result.append(cache[prompt])
     return result
 
@@ -387,6 +387,10 @@ def check_finite(conds: Any, prompt: str, field_name: str = "prompt") -> None:
     """
     import torch
 
+    if isinstance(conds, dict):
+        for value in conds.values():
+            check_finite(value, prompt, field_name)
+        return
     if isinstance(conds, torch.Tensor) and conds.is_floating_point() and not bool(torch.isfinite(conds).all()):
         raise NansDetected(f"the text conditioning of {field_name} {prompt[:200]!r} holds NaN or infinite values; "
                            f"lower its extreme attention weights or use a higher-precision text encoder",
@@ -458,6 +462,61 @@ def get_multicond_learned_conditioning(model: Any, prompts: list[str], steps: in
 # --------------------------------------------------------------------------------------------------
 
 
+class DictWithShape(dict):
+    """A conditioning made of several tensors (SDXL: `crossattn` `[B, 77*k, D]` and `vector` `[B, A]`),
+    with `shape` the shape of its `crossattn` tensor, so code that reads `cond.shape` works (A1111 name)."""
+
+    def __init__(self, values: dict, shape: Any = None):
+        super().__init__(values)
+        self.shape = shape if shape is not None else values["crossattn"].shape
+
+
+def cond_row(conds: Any, index: int) -> Any:
+    """Row `index` of a batch conditioning (a tensor or a dict of tensors)."""
+    if isinstance(conds, dict):
+        return {key: value[index] for key, value in conds.items()}
+    return conds[index]
+
+
+def _first_tensor(cond: Any) -> Any:
+    return cond["crossattn"] if isinstance(cond, dict) else cond
+
+
+def cond_to(cond: Any, like: Any) -> Any:
+    """`cond` (a tensor or a dict of tensors) on the device and in the dtype of the tensor `like`."""
+    if isinstance(cond, dict):
+        return DictWithShape({key: value.to(device=like.device, dtype=like.dtype) for key, value in cond.items()})
+    return cond.to(device=like.device, dtype=like.dtype)
+
+
+def catenate_conds(conds: list[Any]) -> Any:
+    """Concatenate batch conditionings along the batch axis (A1111 name); dicts key by key."""
+    import torch
+
+    if isinstance(conds[0], dict):
+        return DictWithShape({key: torch.cat([c[key] for c in conds]) for key in conds[0]})
+    return torch.cat(conds)
+
+
+def subscript_cond(cond: Any, start: int | None, end: int | None) -> Any:
+    """Rows `start:end` of a batch conditioning (A1111 name)."""
+    if isinstance(cond, dict):
+        return DictWithShape({key: value[start:end] for key, value in cond.items()})
+    return cond[start:end]
+
+
+def cond_tokens(cond: Any) -> Any:
+    """The token-sequence tensor of a conditioning (`crossattn` of a dict)."""
+    return _first_tensor(cond)
+
+
+def with_tokens(cond: Any, tokens: Any) -> Any:
+    """`cond` with its token-sequence tensor replaced by `tokens` (other entries kept)."""
+    if isinstance(cond, dict):
+        return DictWithShape({**cond, "crossattn": tokens})
+    return tokens
+
+
 def _at_step(schedule: list[ScheduledPromptConditioning], current_step: int) -> Any:
     """The first entry with current_step <= end_at_step (the first entry if there is none)."""
     for entry in schedule:
@@ -474,6 +533,9 @@ def stack_conds(tensors: list[Any]) -> Any:
     """
     import torch
 
+    if isinstance(tensors[0], dict):
+        stacked = {key: stack_conds([t[key] for t in tensors]) for key in tensors[0]}
+        return DictWithShape(stacked)
     length = max(t.shape[0] for t in tensors)
     padded = [t if t.shape[0] == length else torch.cat([t, t[-1:].expand(length - t.shape[0], *t.shape[1:])])
               for t in tensors]
@@ -485,8 +547,8 @@ def reconstruct_cond_batch(c: list[list[ScheduledPromptConditioning]], current_s
 
     Prompts whose tensors have fewer chunks are padded as in `stack_conds` (A1111 would fail here).
     """
-    param = c[0][0].cond
-    return stack_conds([_at_step(schedule, current_step) for schedule in c]).to(device=param.device, dtype=param.dtype)
+    param = _first_tensor(c[0][0].cond)
+    return cond_to(stack_conds([_at_step(schedule, current_step) for schedule in c]), param)
 
 
 def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step: int) -> tuple[CondIndexes, Any]:
@@ -496,7 +558,7 @@ def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step: i
         `(conds_list, tensor)`: `conds_list[i]` lists `(row in tensor, weight)` for prompt i; the tensor
         stacks every part's conditioning, padded as in `stack_conds`.
     """
-    param = c.batch[0][0].schedules[0].cond
+    param = _first_tensor(c.batch[0][0].schedules[0].cond)
     tensors, conds_list = [], []
     for parts in c.batch:
         rows = []
@@ -504,7 +566,7 @@ def reconstruct_multicond_batch(c: MulticondLearnedConditioning, current_step: i
             rows.append((len(tensors), part.weight))
             tensors.append(_at_step(part.schedules, current_step))
         conds_list.append(rows)
-    return conds_list, stack_conds(tensors).to(device=param.device, dtype=param.dtype)
+    return conds_list, cond_to(stack_conds(tensors), param)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -241,35 +241,61 @@ def sd1_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end:
 
 
 class StableDiffusionModel(torch.nn.Module):
-    """An SD1 checkpoint as diffusers/transformers parts, with the A1111 model surface samplers use."""
+    """An SD1.x, SD2.x or SDXL checkpoint as diffusers/transformers parts, with the A1111 model surface
+    samplers, scripts and extensions use (`is_sd1`/`is_sd2`/`is_sdxl`, `cond_stage_model`,
+    `get_learned_conditioning`, `apply_model`, `first_stage_model`, `conditioning_key`)."""
 
     is_sd1 = True
     is_sd2 = False
     is_sdxl = False
     is_sd3 = False
-    parameterization = "eps"
+    is_sdxl_inpaint = False
+    is_sdxl_refiner = False
+    detected_parameterization = "eps"
     latent_channels = 4
     cond_stage_key = "txt"
 
-    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module, *,
+    def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module | None, *,
                  checkpoint_info: CheckpointInfo | None, config: sd_models_config.ModelConfig,
-                 alphas_cumprod: torch.Tensor, device: torch.device):
+                 alphas_cumprod: torch.Tensor, device: torch.device,
+                 text_encoder_2: torch.nn.Module | None = None):
         super().__init__()
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
         self.__dict__["_tokenizer"] = None
         self.__dict__["_cond_stage_model"] = None
         self.sd_checkpoint_info = checkpoint_info
         self.sd_model_checkpoint = checkpoint_info.filename if checkpoint_info else None
         self.sd_model_hash = checkpoint_info.shorthash if checkpoint_info else None
         self.config = config
+        architecture = config.architecture
+        self.is_sd1 = architecture == sd_models_config.SD1
+        self.is_sd2 = architecture == sd_models_config.SD2
+        self.is_sdxl = architecture == sd_models_config.SDXL
+        self.is_sdxl_inpaint = self.is_sdxl and config.is_inpainting
+        self.is_sdxl_refiner = self.is_sdxl and bool(getattr(config, "is_refiner", False))
+        self.__dict__["detected_parameterization"] = getattr(config, "prediction", "eps")
+        self.conditioning_key = "crossattn-adm" if self.is_sdxl else ("hybrid" if config.is_inpainting else "crossattn")
         self.is_inpainting = config.is_inpainting
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
         self.home_device = device  # where the model runs; `unload_model_weights` may park it on the CPU
         self.scale_factor = float(getattr(vae.config, "scaling_factor", sd_models_config.SCALE_FACTOR))
         self.loaded_vae_file: str | None = None  # the VAE file `self.vae` came from (None: the checkpoint's own)
         self.__dict__["base_vae"] = None  # the checkpoint's own VAE while a file's VAE is in use (not a submodule)
+
+    @property
+    def parameterization(self) -> str:
+        """"eps" or "v": the option `sd_prediction_type` when it is not "Automatic", else what loading
+        found (a `.yaml` beside the file, else A1111's probe for SD2; "eps" for SD1 and SDXL)."""
+        from modules import shared
+        chosen = getattr(shared.opts, "sd_prediction_type", "Automatic")
+        return chosen if chosen in ("eps", "v") else self.detected_parameterization
+
+    @parameterization.setter
+    def parameterization(self, value: str) -> None:
+        self.__dict__["detected_parameterization"] = value
 
     @property
     def base_vae(self) -> torch.nn.Module | None:
@@ -321,30 +347,53 @@ class StableDiffusionModel(torch.nn.Module):
 
     @property
     def cond_stage_model(self) -> Any:
-        """`text_conditioner.ClipConditioner(tokenizer, text_encoder)`, built on first use."""
+        """The prompt conditioner for this architecture, built on first use: SD1
+        `text_conditioner.ClipConditioner`, SD2 `OpenClipConditioner`, SDXL `sd_models_xl.SdxlConditioner`."""
         if self.__dict__["_cond_stage_model"] is None:
-            from modules import text_conditioner
-            self.__dict__["_cond_stage_model"] = text_conditioner.ClipConditioner(self.tokenizer, self.text_encoder)
+            self.__dict__["_cond_stage_model"] = self._build_conditioner()
         return self.__dict__["_cond_stage_model"]
+
+    def _build_conditioner(self) -> Any:
+        from modules import sd_models_xl, shared, text_conditioner
+        if self.is_sd2:
+            return text_conditioner.OpenClipConditioner(self.tokenizer, self.text_encoder)
+        if not self.is_sdxl:
+            return text_conditioner.ClipConditioner(self.tokenizer, self.text_encoder)
+        clip_l = None
+        if self.text_encoder is not None:
+            clip_l = text_conditioner.SdxlClipLConditioner(
+                self.tokenizer, self.text_encoder, use_clip_skip=lambda: bool(shared.opts.sdxl_clip_l_skip))
+        clip_g = text_conditioner.SdxlOpenClipConditioner(self.tokenizer, self.text_encoder_2)
+        return sd_models_xl.SdxlConditioner(clip_l, clip_g, is_refiner=self.is_sdxl_refiner)
 
     @property
     def first_stage_model(self) -> torch.nn.Module:
         return self.vae
 
     @torch.no_grad()
-    def get_learned_conditioning(self, texts: list[str]) -> torch.Tensor:
-        """Text conditioning [B, 77·k, D] with the current Clip skip / emphasis / word-wrap options."""
+    def get_learned_conditioning(self, texts: list[str]) -> Any:
+        """Text conditioning with the current Clip skip / emphasis / word-wrap options: `[B, 77·k, D]`
+        (SD1, SD2), or for SDXL `{"crossattn": [B, 77·k, D], "vector": [B, A]}` sized by the
+        `width`/`height` of `texts` (a `prompt_parser.SdConditioning`)."""
         from modules import shared
         opts = shared.opts
-        return self.cond_stage_model(list(texts), clip_skip=int(opts.CLIP_stop_at_last_layers),
-                                     emphasis=opts.emphasis, comma_padding_backtrack=int(opts.comma_padding_backtrack))
+        common = dict(clip_skip=int(opts.CLIP_stop_at_last_layers), emphasis=opts.emphasis,
+                      comma_padding_backtrack=int(opts.comma_padding_backtrack))
+        if not self.is_sdxl:
+            return self.cond_stage_model(list(texts), **common)
+        return self.cond_stage_model(
+            texts, **common, crop_top=int(opts.sdxl_crop_top), crop_left=int(opts.sdxl_crop_left),
+            aesthetic_score=(float(opts.sdxl_refiner_high_aesthetic_score), float(opts.sdxl_refiner_low_aesthetic_score)))
 
     @torch.no_grad()
-    def apply_model(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor,
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any,
                     c_concat: torch.Tensor | None = None) -> torch.Tensor:
-        """Predicted noise (eps) for latents `x` at timesteps `t`; returned in `x`'s dtype.
+        """The UNet's output (eps, or v for a v-prediction model) for latents `x` at timesteps `t`,
+        in `x`'s dtype.
 
-        `c_concat` (inpainting image conditioning) is concatenated on the channel axis.
+        `cond` is the text conditioning tensor, or for SDXL a dict whose `crossattn` goes to the
+        cross-attention and `vector` to the class embedding. `c_concat` (inpainting image
+        conditioning) is concatenated on the channel axis.
         """
         if c_concat is not None:
             x_in = torch.cat([x, c_concat.to(device=x.device, dtype=x.dtype)], dim=1)
@@ -353,8 +402,12 @@ class StableDiffusionModel(torch.nn.Module):
         t = torch.as_tensor(t, device=self.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        extra: dict[str, Any] = {}
+        if isinstance(cond, dict):
+            extra["class_labels"] = cond["vector"].to(self.device, self.dtype)
+            cond = cond["crossattn"]
         out = self.unet(x_in.to(self.device, self.dtype), t.to(self.device, torch.float32),
-                        encoder_hidden_states=cond.to(self.device, self.dtype), return_dict=False)[0]
+                        encoder_hidden_states=cond.to(self.device, self.dtype), return_dict=False, **extra)[0]
         return out.to(x.dtype)
 
     @torch.no_grad()
@@ -387,10 +440,41 @@ class ModelData:
             return self.sd_model
 
     def set_sd_model(self, model: StableDiffusionModel | None) -> None:
+        """Make `model` current and first of `loaded_sd_models` (None: drop the current model)."""
+        previous = self.sd_model
         self.sd_model = model
-        self.loaded_sd_models = [model] if model is not None else []
-        if model is not None:
-            self.was_loaded_at_least_once = True
+        others = [m for m in self.loaded_sd_models if m is not model and m is not previous]
+        if model is None:
+            self.loaded_sd_models = others
+            return
+        kept = [previous] if previous is not None and previous is not model else []
+        self.loaded_sd_models = [model] + kept + others
+        self.was_loaded_at_least_once = True
+        self.trim(_checkpoints_limit())
+
+    def trim(self, limit: int) -> None:
+        """Keep at most `limit` models loaded (option `sd_checkpoints_limit`), dropping the least
+        recently used; the current model always stays."""
+        while len(self.loaded_sd_models) > max(limit, 1):
+            dropped = self.loaded_sd_models.pop()
+            log.info("Unloading %s: more than %d checkpoints loaded", getattr(dropped.sd_checkpoint_info, "title", "?"), limit)
+
+    def find_loaded(self, info: CheckpointInfo) -> StableDiffusionModel | None:
+        """The loaded model of checkpoint `info`, if it is among `loaded_sd_models`."""
+        wanted = os.path.abspath(info.filename)
+        for model in self.loaded_sd_models:
+            loaded = model.sd_checkpoint_info
+            if loaded is not None and os.path.abspath(loaded.filename) == wanted:
+                return model
+        return None
+
+
+def _checkpoints_limit() -> int:
+    from modules import shared
+    try:
+        return int(shared.opts.sd_checkpoints_limit)
+    except (AttributeError, TypeError, ValueError):
+        return 1
 
 
 model_data = ModelData()
@@ -457,35 +541,75 @@ def build_vae(state_dict: Mapping[str, torch.Tensor], model: StableDiffusionMode
         raise
 
 
+def _build_unet(config: sd_models_config.ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                device: torch.device, filename: str) -> torch.nn.Module:
+    """The UNet; when `config.needs_prediction_probe`, built in float32 on the CPU first so that
+    A1111's v-prediction probe decides `config.prediction`, then moved to `device` / `dtype`
+    (a float16 file costs one float32 copy of the UNet for that while, as in A1111)."""
+    from diffusers import UNet2DConditionModel
+
+    def factory() -> torch.nn.Module:
+        return UNet2DConditionModel(**config.unet)
+
+    if not config.needs_prediction_probe:
+        return _build_part("UNet", factory, state, dtype, device, filename)
+    unet = _build_part("UNet", factory, state, torch.float32, devices.cpu, filename)
+    is_v = sd_models_config.is_v_prediction(unet)
+    config.prediction = sd_models_config.V if is_v else sd_models_config.EPS
+    config.needs_prediction_probe = False
+    config.notes.append(f"A1111's v-prediction probe reads {config.prediction!r}")
+    return torch.nn.Module.to(unet, device=device, dtype=dtype)  # diffusers' own `to` warns about dtype casts
+
+
+def _build_text_encoder(source: sd_models_config.EncoderSource, kwargs: dict[str, Any],
+                        state: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device,
+                        filename: str) -> torch.nn.Module:
+    """A transformers CLIPTextModel, or CLIPTextModelWithProjection when `source.projection`."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if source.projection else CLIPTextModel
+    name = "CLIP text encoder" if source.layout == sd_models_config.HF_CLIP else "OpenCLIP text encoder"
+    clip_config = CLIPTextConfig(**kwargs)
+    return _build_part(name, lambda: cls(clip_config), state, dtype, device, filename)
+
+
 def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
                 checkpoint_info: CheckpointInfo | None = None, device: torch.device | None = None,
-                dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None) -> StableDiffusionModel:
-    """A StableDiffusionModel from an LDM-layout state dict (the tensors are reused, not copied,
-    when their dtype is the target dtype).
+                dtype: torch.dtype | None = None, dtype_vae: torch.dtype | None = None,
+                prediction: str | None = None) -> StableDiffusionModel:
+    """A StableDiffusionModel from an LDM/sgm-layout state dict of SD1.x, SD2.x or SDXL (the
+    tensors are reused, not copied, when their dtype is the target dtype).
+
+    `prediction` ("eps" / "v") overrides the detection (`sd_models_config.infer_config`); the
+    model's `parameterization` is the one chosen. SD2 and SDXL use SD1's scaled-linear schedule
+    unless the file carries `alphas_cumprod`.
 
     Raises:
-        errors.UnsupportedModel: SD2.x / SDXL.
+        errors.UnsupportedModel: a recognised model Serena does not load (SD2 depth-to-image).
         errors.CheckpointLoadError: keys or shapes that do not fit; the message names them.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL
 
     chosen = devices.current()
     device = device or chosen.device
     dtype = dtype or chosen.dtype
     dtype_vae = dtype_vae or (dtype if dtype == torch.float32 else chosen.dtype_vae)
-    config = sd_models_config.infer_config(state_dict, filename)
-    parts = sd_models_convert.convert_checkpoint(state_dict, config.unet, config.vae,
-                                                 sd_models_config.clip_prefix(state_dict), filename)
+    config = sd_models_config.infer_config(state_dict, filename, prediction)
+    parts = sd_models_convert.convert_model(state_dict, config, filename)
     alphas = state_dict.get("alphas_cumprod")
     alphas = alphas.to(torch.float32) if alphas is not None and alphas.shape == (1000,) else sd1_alphas_cumprod()
-    clip_config = CLIPTextConfig(**config.clip)
-    unet = _build_part("UNet", lambda: UNet2DConditionModel(**config.unet), parts.unet, dtype, device, filename)
+    unet = _build_unet(config, parts.unet, dtype, device, filename)
     vae = _build_part("VAE", lambda: AutoencoderKL(**config.vae), parts.vae, dtype_vae, device, filename)
-    text_encoder = _build_part("CLIP text encoder", lambda: CLIPTextModel(clip_config), parts.text_encoder,
-                               dtype, device, filename)
-    return StableDiffusionModel(unet, vae, text_encoder, checkpoint_info=checkpoint_info, config=config,
-                                alphas_cumprod=alphas, device=device)
+    configs = {"text_encoder": config.clip, "text_encoder_2": config.clip2}
+    states = {"text_encoder": parts.text_encoder, "text_encoder_2": parts.text_encoder_2}
+    encoders = {source.slot: _build_text_encoder(source, configs[source.slot] or {}, states[source.slot] or {},
+                                                 dtype, device, filename)
+                for source in config.encoders}
+    model = StableDiffusionModel(unet, vae, encoders.get("text_encoder"), checkpoint_info=checkpoint_info,
+                                 config=config, alphas_cumprod=alphas, device=device,
+                                 text_encoder_2=encoders.get("text_encoder_2"))
+    model.parameterization = config.prediction
+    return model
 
 
 def load_checkpoint(info: CheckpointInfo, *, device: torch.device | None = None, dtype: torch.dtype | None = None,
@@ -516,6 +640,9 @@ def load_model(checkpoint_info: CheckpointInfo | None = None, *, device: torch.d
         sd_vae.reload_vae_weights(model)  # the VAE option's choice, before the model becomes current
         previous = model_data.sd_model
         model_data.set_sd_model(model)
+        if previous is not None and previous in model_data.loaded_sd_models \
+                and shared.opts.sd_checkpoints_keep_in_cpu and previous.home_device.type != "cpu":
+            previous.to(devices.cpu)
         shared.opts.data["sd_model_checkpoint"] = info.title
         shared.opts.data["sd_checkpoint_hash"] = info.sha256
         del previous
@@ -550,7 +677,26 @@ def reload_model_weights(sd_model: StableDiffusionModel | None = None,
             if current.device != current.home_device:
                 current.to(current.home_device)
             return current
+        loaded = model_data.find_loaded(info)
+        if loaded is not None:
+            return _make_current(loaded, info)
         return load_model(info)
+
+
+def _make_current(model: StableDiffusionModel, info: CheckpointInfo) -> StableDiffusionModel:
+    """Switch to a model kept loaded (`sd_checkpoints_limit` > 1): it goes back to its device and,
+    with `sd_checkpoints_keep_in_cpu`, the one it replaces waits on the CPU."""
+    from modules import shared
+    previous = model_data.sd_model
+    if previous is not None and shared.opts.sd_checkpoints_keep_in_cpu and previous.home_device.type != "cpu":
+        previous.to(devices.cpu)
+    if model.device != model.home_device:
+        model.to(model.home_device)
+    model_data.set_sd_model(model)
+    shared.opts.data["sd_model_checkpoint"] = info.title
+    shared.opts.data["sd_checkpoint_hash"] = info.sha256
+    _run_model_loaded_callbacks(model)
+    return model
 
 
 def unload_model_weights(sd_model: StableDiffusionModel | None = None,

@@ -1,4 +1,4 @@
-"""Key mapping between A1111/LDM checkpoints and diffusers/transformers module names.
+"""Key mapping between A1111/LDM/sgm checkpoints and diffusers/transformers module names.
 
 The mapping is a table of module prefixes built from the part's config — for each LDM block
 (`input_blocks.4.1.`, `encoder.down.2.block.0.`, …) the diffusers block it becomes and the kind
@@ -7,20 +7,27 @@ diffusers' `norm1`; a VAE attention's `q` is `to_q`, stored as a 1×1 conv in LD
 weight in diffusers). One table serves both directions: loading (LDM → diffusers) and writing
 the demo checkpoint (diffusers → LDM), so the two cannot drift apart.
 
+OpenCLIP text towers (SD2, SDXL's bigG) use the same table design: each `resblocks.N.` is a
+block kind whose inner names are renamed, whose fused `attn.in_proj_*` tensor is split into
+transformers' q/k/v projections (and concatenated back), and whose `text_projection` ([width,
+proj], applied as x @ P) is stored transposed as transformers' Linear weight. Whole-key rows
+(a row whose LDM name does not end in ".", like `positional_embedding`) map one tensor each.
+
 Keys that are not weights of the model (the DDPM schedule buffers, EMA copies, position ids) are
 known and skipped on purpose; any other key no table accounts for is reported by name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from modules import errors
-from modules.sd_models_config import UNET_PREFIX, VAE_PREFIX
+from modules.sd_models_config import HF_CLIP, UNET_PREFIX, VAE_PREFIX, EncoderSource, ModelConfig
 
 PLAIN, UNET_RES, UNET_ATTN, VAE_RES, VAE_ATTN = "plain", "unet_res", "unet_attn", "vae_res", "vae_attn"
+OPEN_CLIP_BLOCK, TRANSPOSED = "open_clip_block", "transposed"
 
 # Inner renames per block kind: LDM module path → diffusers module path.
 INNER = {
@@ -30,7 +37,27 @@ INNER = {
                "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"},
     VAE_RES: {"nin_shortcut": "conv_shortcut"},
     VAE_ATTN: {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"},
+    OPEN_CLIP_BLOCK: {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+                      "attn.out_proj": "self_attn.out_proj"},
+    TRANSPOSED: {},
 }
+
+# Fused tensors per block kind: LDM name → the diffusers names of its equal parts along dim 0.
+FUSED = {
+    OPEN_CLIP_BLOCK: {
+        "attn.in_proj_weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        "attn.in_proj_bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    },
+}
+# Block kinds whose every inner module is listed in INNER / FUSED: any other inner name is an
+# unexpected key of the file, reported by its own name.
+CLOSED_KINDS = frozenset({OPEN_CLIP_BLOCK})
+# OpenCLIP tensors no built module uses: the CLIP loss temperature always; the text projection
+# when the tower is SD2's (its conditioning is the hidden states, never the projected pooled output).
+OPEN_CLIP_UNUSED = ("logit_scale",)
+OPEN_CLIP_UNUSED_WITHOUT_PROJECTION = ("text_projection", "text_projection.weight")
+# Some converters store OpenCLIP's projection already as a Linear weight ([proj, width]) under this name.
+LINEAR_TEXT_PROJECTION = "text_projection.weight"
 
 # Tensors in SD checkpoints that are not module weights: the DDPM schedule, training leftovers.
 SCHEDULE_BUFFERS = (
@@ -38,6 +65,7 @@ SCHEDULE_BUFFERS = (
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
     "logvar", "lvlb_weights", "model_ema.decay", "model_ema.num_updates",
+    "v_pred", "ztsnr",  # markers read by `sd_models_config.infer_config`, no weights
 )
 IGNORED_PREFIXES = ("model_ema.", "first_stage_model.loss.")
 IGNORED_SUFFIXES = ("embeddings.position_ids",)
@@ -98,6 +126,9 @@ def unet_table(config: Mapping[str, Any]) -> Table:
                 sub = 2 if has_attention else 1
                 rows.append(Row(f"output_blocks.{i}.{sub}.conv.", f"up_blocks.{up}.upsamplers.0.conv.", PLAIN))
             i += 1
+    if config.get("class_embed_type") == "projection":  # SDXL's vector conditioning (label_emb)
+        rows += [Row("label_emb.0.0.", "class_embedding.linear_1.", PLAIN),
+                 Row("label_emb.0.2.", "class_embedding.linear_2.", PLAIN)]
     return Table(rows)
 
 
@@ -128,8 +159,27 @@ def vae_table(config: Mapping[str, Any]) -> Table:
     return Table(rows)
 
 
+def open_clip_table(config: Mapping[str, Any], projection: bool, text_model_prefix: str = "") -> Table:
+    """Rows of an OpenCLIP text tower (LDM names after e.g. `cond_stage_model.model.`) ↔ transformers'
+    CLIPTextModel (`text_model_prefix` ""), or CLIPTextModelWithProjection (`text_model_prefix`
+    "text_model.", plus `text_projection` when `projection`)."""
+    t = text_model_prefix
+    rows = [Row("token_embedding.", f"{t}embeddings.token_embedding.", PLAIN),
+            Row("positional_embedding", f"{t}embeddings.position_embedding.weight", PLAIN),
+            Row("ln_final.", f"{t}final_layer_norm.", PLAIN)]
+    rows += [Row(f"transformer.resblocks.{n}.", f"{t}encoder.layers.{n}.", OPEN_CLIP_BLOCK)
+             for n in range(int(config["num_hidden_layers"]))]
+    if projection:
+        rows.append(Row("text_projection", "text_projection.weight", TRANSPOSED))
+    return Table(rows)
+
+
 def _lookup(index: Mapping[str, Row], key: str) -> tuple[Row, str] | None:
-    """The row whose prefix (whole dot-separated components) starts `key`, and the rest of `key`."""
+    """The row whose prefix (whole dot-separated components) starts `key`, and the rest of `key`;
+    a whole-key row (no trailing ".") matches `key` itself, with an empty rest."""
+    row = index.get(key)
+    if row is not None and not row.ldm.endswith("."):
+        return row, ""
     parts = key.split(".")
     for n in range(min(len(parts) - 1, 6), 0, -1):
         prefix = ".".join(parts[:n]) + "."
@@ -140,6 +190,8 @@ def _lookup(index: Mapping[str, Row], key: str) -> tuple[Row, str] | None:
 
 
 def _rename_inner(rest: str, kind: str, reverse: bool) -> str:
+    if not rest:
+        return rest
     module, _, param = rest.rpartition(".")
     renames = INNER[kind]
     if reverse:
@@ -150,13 +202,27 @@ def _rename_inner(rest: str, kind: str, reverse: bool) -> str:
 def _ldm_to_diffusers_tensor(kind: str, tensor: torch.Tensor) -> torch.Tensor:
     if kind == VAE_ATTN and tensor.ndim == 4:
         return tensor[:, :, 0, 0]
+    if kind == TRANSPOSED:
+        return tensor.T.contiguous()
     return tensor
 
 
 def _diffusers_to_ldm_tensor(kind: str, diffusers_key: str, tensor: torch.Tensor) -> torch.Tensor:
     if kind == VAE_ATTN and tensor.ndim == 2 and diffusers_key.endswith(".weight"):
         return tensor[:, :, None, None]
+    if kind == TRANSPOSED:
+        return tensor.T.contiguous()
     return tensor
+
+
+def _fused_parts(kind: str) -> dict[str, tuple[str, ...]]:
+    return FUSED.get(kind, {})
+
+
+def _fused_by_part(kind: str) -> dict[str, tuple[str, int, int]]:
+    """diffusers inner name → (fused LDM inner name, index of the part, number of parts)."""
+    return {part: (fused, i, len(parts)) for fused, parts in _fused_parts(kind).items()
+            for i, part in enumerate(parts)}
 
 
 def is_ignored_key(key: str) -> bool:
@@ -176,6 +242,14 @@ def convert_part(sd: Mapping[str, torch.Tensor], prefix: str, table: Table) -> t
             unmapped.append(key)
             continue
         row, rest = found
+        fused = _fused_parts(row.kind).get(rest)
+        if fused is not None:  # one LDM tensor holds several diffusers ones, stacked on dim 0
+            for name, piece in zip(fused, tensor.chunk(len(fused), dim=0)):
+                out[row.diffusers + name] = piece
+            continue
+        if row.kind in CLOSED_KINDS and rest.rpartition(".")[0] not in INNER[row.kind]:
+            unmapped.append(key)
+            continue
         out[row.diffusers + _rename_inner(rest, row.kind, reverse=False)] = _ldm_to_diffusers_tensor(row.kind, tensor)
     return out, unmapped
 
@@ -183,12 +257,25 @@ def convert_part(sd: Mapping[str, torch.Tensor], prefix: str, table: Table) -> t
 def part_to_ldm(sd: Mapping[str, torch.Tensor], prefix: str, table: Table) -> dict[str, torch.Tensor]:
     """Map a diffusers state dict back to LDM names under `prefix` (used to write checkpoints)."""
     out: dict[str, torch.Tensor] = {}
+    pieces: dict[str, list[torch.Tensor | None]] = {}
     for key, tensor in sd.items():
         found = _lookup(table.by_diffusers, key)
         if found is None:
             raise errors.CheckpointLoadError(f"no LDM name for diffusers key {key!r}")
         row, rest = found
+        fused = _fused_by_part(row.kind).get(rest)
+        if fused is not None:
+            name, index, count = fused
+            slot = pieces.setdefault(prefix + row.ldm + name, [None] * count)
+            slot[index] = tensor
+            out.setdefault(prefix + row.ldm + name, tensor)  # placeholder: keeps the first part's place
+            continue
         out[prefix + row.ldm + _rename_inner(rest, row.kind, reverse=True)] = _diffusers_to_ldm_tensor(row.kind, key, tensor)
+    for name, parts in pieces.items():
+        missing = [i for i, t in enumerate(parts) if t is None]
+        if missing:
+            raise errors.CheckpointLoadError(f"cannot write {name!r}: parts {missing} of it are missing")
+        out[name] = torch.cat(parts, dim=0)  # type: ignore[arg-type]
     return out
 
 
@@ -197,36 +284,92 @@ def convert_clip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not is_ignored_key(k)}
 
 
+def encoder_root(source: EncoderSource) -> str:
+    """The key prefix a text encoder owns in the file: its prefix, less a trailing `text_model.`
+    (so `cond_stage_model.transformer.` belongs to the SD1 encoder whichever way it is keyed)."""
+    return source.prefix.removesuffix("text_model.")
+
+
+def convert_text_encoder(sd: Mapping[str, torch.Tensor], source: EncoderSource,
+                         config: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """One text encoder's weights in transformers names. Returns (converted, unmapped keys).
+
+    HF-layout encoders are the keys under `source.prefix` with it stripped. OpenCLIP towers go
+    through `open_clip_table`; their `logit_scale`, and the `text_projection` of a tower built
+    without one (SD2), are skipped on purpose. A projection stored as a Linear weight
+    (`text_projection.weight`, [proj, width]) is read as OpenCLIP's [width, proj] `text_projection`
+    transposed, when the file has no `text_projection` itself.
+    """
+    if source.layout == HF_CLIP:
+        return convert_clip(sd, source.prefix), []
+    unused = {source.prefix + name for name in
+              OPEN_CLIP_UNUSED + (() if source.projection else OPEN_CLIP_UNUSED_WITHOUT_PROJECTION)}
+    rest = {k: v for k, v in sd.items() if k not in unused}
+    linear, plain = source.prefix + LINEAR_TEXT_PROJECTION, source.prefix + "text_projection"
+    if linear in rest and plain not in rest:
+        rest[plain] = rest.pop(linear).T
+    table = open_clip_table(config, source.projection, "text_model." if source.projection else "")
+    return convert_part(rest, source.prefix, table)
+
+
 @dataclass
 class ConvertedCheckpoint:
-    """The three parts' state dicts in diffusers/transformers names."""
+    """The parts' state dicts in diffusers/transformers names (`text_encoder` is None for an SDXL
+    refiner; `text_encoder_2` is SDXL's OpenCLIP bigG, else None)."""
 
     unet: dict[str, torch.Tensor]
     vae: dict[str, torch.Tensor]
-    text_encoder: dict[str, torch.Tensor]
+    text_encoder: dict[str, torch.Tensor] | None
+    text_encoder_2: dict[str, torch.Tensor] | None = None
 
 
 def convert_checkpoint(sd: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any],
-                       vae_config: Mapping[str, Any], clip_prefix: str, filename: str = "") -> ConvertedCheckpoint:
-    """Split an SD1 LDM state dict into diffusers UNet / VAE and transformers CLIP state dicts.
+                       vae_config: Mapping[str, Any], clip_prefix: str | None = None, filename: str = "", *,
+                       encoders: Sequence[tuple[EncoderSource, Mapping[str, Any]]] | None = None
+                       ) -> ConvertedCheckpoint:
+    """Split an LDM/sgm state dict into diffusers UNet / VAE and transformers text encoder state dicts.
+
+    Args:
+        sd: the checkpoint's tensors.
+        unet_config, vae_config: the diffusers configs of the UNet and VAE.
+        clip_prefix: SD1 only (when `encoders` is None): the prefix of its HF-layout CLIP.
+        filename: for messages.
+        encoders: (where, CLIPTextConfig kwargs) of each text encoder (`ModelConfig.encoders`
+            with `clip` / `clip2`); see `convert_model`.
 
     Raises:
         errors.CheckpointLoadError: a key belongs to no part, or to no block of its part; the
             message names those keys.
     """
+    if encoders is None:
+        if clip_prefix is None:
+            raise ValueError("convert_checkpoint needs clip_prefix (SD1) or encoders")
+        encoders = [(EncoderSource("text_encoder", clip_prefix, HF_CLIP), {})]
     unet, unet_unmapped = convert_part(sd, UNET_PREFIX, unet_table(unet_config))
     vae, vae_unmapped = convert_part(sd, VAE_PREFIX, vae_table(vae_config))
-    clip = convert_clip(sd, clip_prefix)
-    stray = [k for k in sd if not is_ignored_key(k)
-             and not k.startswith((UNET_PREFIX, VAE_PREFIX, "cond_stage_model.transformer."))]
-    clip_stray = [k for k in sd if k.startswith("cond_stage_model.transformer.") and not k.startswith(clip_prefix)
-                  and not is_ignored_key(k)]
-    unexpected = unet_unmapped + vae_unmapped + clip_stray + stray
+    texts: dict[str, dict[str, torch.Tensor]] = {}
+    text_unmapped: list[str] = []
+    for source, config in encoders:
+        texts[source.slot], unmapped = convert_text_encoder(sd, source, config)
+        text_unmapped += unmapped
+        text_unmapped += [k for k in sd if k.startswith(encoder_root(source)) and not k.startswith(source.prefix)
+                          and not is_ignored_key(k)]
+    roots = (UNET_PREFIX, VAE_PREFIX) + tuple(encoder_root(s) for s, _ in encoders)
+    stray = [k for k in sd if not is_ignored_key(k) and not k.startswith(roots)]
+    unexpected = unet_unmapped + vae_unmapped + text_unmapped + stray
     if unexpected:
         where = f" in {filename!r}" if filename else ""
         raise errors.CheckpointLoadError(
             f"unexpected keys{where} ({len(unexpected)}): {_names(unexpected)}")
-    return ConvertedCheckpoint(unet=unet, vae=vae, text_encoder=clip)
+    return ConvertedCheckpoint(unet=unet, vae=vae, text_encoder=texts.get("text_encoder"),
+                               text_encoder_2=texts.get("text_encoder_2"))
+
+
+def convert_model(sd: Mapping[str, torch.Tensor], config: ModelConfig, filename: str = "") -> ConvertedCheckpoint:
+    """`convert_checkpoint` for any family, with the encoders and configs `infer_config` found."""
+    configs = {"text_encoder": config.clip, "text_encoder_2": config.clip2}
+    encoders = [(source, configs[source.slot] or {}) for source in config.encoders]
+    return convert_checkpoint(sd, config.unet, config.vae, filename=filename, encoders=encoders)
 
 
 def _names(keys: list[str], limit: int = 12) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from modules import prompt_parser, shared
+from modules import prompt_parser, sd_samplers_common, shared
 from modules.sd_samplers_common import InterruptedException
 
 
@@ -92,34 +92,38 @@ class CFGDenoiser(torch.nn.Module):
         a = self.inner_model.alphas_cumprod.to(x.device)[sigma.long()].view(-1, *([1] * (x.ndim - 1)))
         return (x - (1 - a).sqrt() * out) / a.sqrt()
 
-    def pad_conds(self, tensor: torch.Tensor, uncond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad_conds(self, tensor: Any, uncond: Any) -> tuple[Any, Any]:
         """Options `pad_cond_uncond_v0` / `pad_cond_uncond`: make cond and uncond the same token
-        length (so they share one model call) and note it for the infotext."""
+        length (so they share one model call) and note it for the infotext. Dict conditionings
+        (SDXL) are padded in their `crossattn` tensor."""
         if tensor.shape[1] == uncond.shape[1]:
             return tensor, uncond
+        cond_tokens, uncond_tokens = prompt_parser.cond_tokens(tensor), prompt_parser.cond_tokens(uncond)
         if shared.opts.pad_cond_uncond_v0:
-            if uncond.shape[1] < tensor.shape[1]:
-                uncond = torch.cat([uncond, uncond[:, -1:].repeat(1, tensor.shape[1] - uncond.shape[1], 1)], dim=1)
+            if uncond_tokens.shape[1] < cond_tokens.shape[1]:
+                missing = cond_tokens.shape[1] - uncond_tokens.shape[1]
+                uncond_tokens = torch.cat([uncond_tokens, uncond_tokens[:, -1:].repeat(1, missing, 1)], dim=1)
             else:
-                uncond = uncond[:, :tensor.shape[1]]
+                uncond_tokens = uncond_tokens[:, :cond_tokens.shape[1]]
             self.padded_cond_uncond_v0 = True
         elif shared.opts.pad_cond_uncond and hasattr(self.sampler.sd_model, "get_learned_conditioning"):
             if self._empty_prompt is None:
-                self._empty_prompt = self.sampler.sd_model.get_learned_conditioning([""])[:1]
-            empty = self._empty_prompt.to(tensor)
-            repeats = (tensor.shape[1] - uncond.shape[1]) // empty.shape[1]
+                empty = self.sampler.sd_model.get_learned_conditioning(prompt_parser.SdConditioning([""]))
+                self._empty_prompt = prompt_parser.cond_tokens(prompt_parser.subscript_cond(empty, 0, 1))
+            empty = self._empty_prompt.to(cond_tokens)
+            repeats = (cond_tokens.shape[1] - uncond_tokens.shape[1]) // empty.shape[1]
             if repeats < 0:
-                tensor = torch.cat([tensor, empty.repeat(tensor.shape[0], -repeats, 1)], dim=1)
+                cond_tokens = torch.cat([cond_tokens, empty.repeat(cond_tokens.shape[0], -repeats, 1)], dim=1)
             elif repeats > 0:
-                uncond = torch.cat([uncond, empty.repeat(uncond.shape[0], repeats, 1)], dim=1)
+                uncond_tokens = torch.cat([uncond_tokens, empty.repeat(uncond_tokens.shape[0], repeats, 1)], dim=1)
             self.padded_cond_uncond = True
-        return tensor, uncond
+        return prompt_parser.with_tokens(tensor, cond_tokens), prompt_parser.with_tokens(uncond, uncond_tokens)
 
     def _run_model(self, x_in, sigma_in, image_cond_in, uncond, skip_uncond, tensor):
         """One batched call when cond and uncond have the same length, else one call each."""
         kw = (lambda ic: {"image_cond": ic}) if self.use_image_cond else (lambda ic: {})
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
-            cond_all = tensor if skip_uncond else torch.cat([tensor, uncond])
+            cond_all = tensor if skip_uncond else prompt_parser.catenate_conds([tensor, uncond])
             return self.inner_model(x_in, sigma_in, cond=cond_all, **kw(image_cond_in))
         n = tensor.shape[0]
         x_out = torch.zeros_like(x_in)
@@ -132,6 +136,8 @@ class CFGDenoiser(torch.nn.Module):
                 s_min_uncond: float = 0.0, image_cond: torch.Tensor | None = None) -> torch.Tensor:
         if shared.state.interrupted or shared.state.skipped:
             raise InterruptedException
+        if self.p is not None and sd_samplers_common.apply_refiner(self, sigma):
+            cond, uncond = self.sampler.sampler_extra_args["cond"], self.sampler.sampler_extra_args["uncond"]
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
         uncond = prompt_parser.reconstruct_cond_batch(uncond, self.step)
         if self.mask_before_denoising and self.mask is not None:

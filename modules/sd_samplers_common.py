@@ -162,3 +162,70 @@ class Sampler:
                 setattr(p, name, value)
                 p.extra_generation_params[labels[name]] = value
         return kwargs
+
+    # --- model switch (refiner) ----------------------------------------------------------------
+    def switch_model(self, model: Any) -> None:
+        """Continue sampling with `model` (the refiner): rebuild the denoiser adapter around it."""
+        self.sd_model = model
+        self.model_wrap = self.make_model_wrap(model)
+        self.model_wrap_cfg.inner_model = self.model_wrap
+        self.model_wrap_cfg.use_image_cond = bool(getattr(model, "is_inpainting", False))
+
+    def make_model_wrap(self, model: Any) -> Any:
+        """The denoiser adapter this sampler family puts around a model."""
+        raise NotImplementedError(f"{type(self).__name__} cannot switch models")
+
+
+def refiner_completed_ratio(cfg_denoiser: Any, sigma: Any) -> float:
+    """How far sampling is, for the refiner switch: by model timestep (A1111's default: the
+    timestep nearest to the largest sigma of the batch, as (999 - t) / 1000), or by sampling steps
+    with the option `refiner_switch_by_sample_steps`."""
+    if shared.opts.refiner_switch_by_sample_steps or sigma is None:
+        cfg_denoiser.p.extra_generation_params["Refiner switch by sampling steps"] = True
+        return cfg_denoiser.step / max(cfg_denoiser.total_steps, 1)
+    if cfg_denoiser.timesteps:  # timestep samplers pass the DDPM timestep where sigma would be
+        timestep = int(torch.max(sigma).item())
+    else:
+        sigmas = cfg_denoiser.inner_model.sigmas.to(sigma.device)
+        timestep = int(torch.argmin(torch.abs(sigmas - torch.max(sigma))).item())
+    return (999 - timestep) / 1000
+
+
+def apply_refiner(cfg_denoiser: Any, sigma: Any = None) -> bool:
+    """Switch the job to its refiner checkpoint when sampling has come far enough (A1111 name).
+
+    Returns whether it switched; the caller then takes the new conditioning from
+    `sampler.sampler_extra_args`. With hires fix, the option `hires_fix_refiner_pass` picks the
+    pass ("first pass", "second pass", "both passes").
+    """
+    p = cfg_denoiser.p
+    info = getattr(p, "refiner_checkpoint_info", None)
+    if info is None or getattr(shared.sd_model, "sd_checkpoint_info", None) is info:
+        return False
+    switch_at = p.refiner_switch_at
+    if switch_at is not None and refiner_completed_ratio(cfg_denoiser, sigma) < switch_at:
+        return False
+    if getattr(p, "enable_hr", False):
+        which = shared.opts.hires_fix_refiner_pass
+        second = bool(getattr(p, "is_hr_pass", False))
+        if (which == "first pass" and second) or (which == "second pass" and not second):
+            return False
+        if which != "second pass":
+            p.extra_generation_params["Hires refiner"] = which
+    from modules import devices, sd_models
+    model = sd_models.reload_model_weights(info=info)
+    devices.torch_gc()
+    p.extra_generation_params["Refiner"] = info.short_title  # after loading, which hashes a new file
+    p.extra_generation_params["Refiner switch at"] = switch_at
+    if getattr(p, "is_hr_pass", False):
+        p.calculate_hr_conds()
+        cond, uncond = p.hr_c, p.hr_uc
+    else:
+        p.setup_conds()
+        cond, uncond = p.get_conds()
+    sampler = cfg_denoiser.sampler
+    sampler.switch_model(model)
+    sampler.sampler_extra_args["cond"] = cond
+    sampler.sampler_extra_args["uncond"] = uncond
+    return True
+

@@ -62,9 +62,15 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
     def __init__(self, func: Any, model: Any, model_wrap: denoisers.EpsDenoiser | None = None):
         super().__init__(func, model)
-        self.model_wrap = model_wrap if model_wrap is not None else karras_denoiser(model)
+        self.model_wrap = model_wrap if model_wrap is not None else self.make_model_wrap(model)
         self.extra_params = sampler_extra_params.get(self.funcname, [])
         self.model_wrap_cfg = CFGDenoiser(self.model_wrap, self, use_image_cond=bool(getattr(model, "is_inpainting", False)))
+
+    def make_model_wrap(self, model: Any) -> denoisers.EpsDenoiser:
+        """The Karras denoiser for `model` (LCM's own adapter for the LCM sampler)."""
+        if self.func is k.sample_lcm:
+            return denoisers.LCMDenoiser(model)
+        return karras_denoiser(model)
 
     # --- sigmas --------------------------------------------------------------------------------
     def _scheduler(self, p: Any) -> sd_schedulers.Scheduler | None:
@@ -217,7 +223,7 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
 
 def lcm_sampler(model: Any) -> KDiffusionSampler:
     """LCM: the consistency sampler over the 50 LCM timesteps."""
-    return KDiffusionSampler(k.sample_lcm, model, model_wrap=denoisers.LCMDenoiser(model))
+    return KDiffusionSampler(k.sample_lcm, model)
 
 
 samplers_data_k_diffusion: list[SamplerData] = [

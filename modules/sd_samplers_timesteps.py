@@ -63,9 +63,13 @@ class CompVisSampler(sd_samplers_common.Sampler):
 
     def __init__(self, func: Any, model: Any):
         super().__init__(func, model)
-        self.model_wrap = denoisers.TimestepEpsModel(model, getattr(model, "parameterization", "eps"))
+        self.model_wrap = self.make_model_wrap(model)
         self.model_wrap_cfg = CFGDenoiser(self.model_wrap, self, timesteps=True,
                                           use_image_cond=bool(getattr(model, "is_inpainting", False)))
+
+    def make_model_wrap(self, model: Any) -> denoisers.TimestepEpsModel:
+        """eps at DDPM timesteps for `model` (v-prediction converted)."""
+        return denoisers.TimestepEpsModel(model, getattr(model, "parameterization", "eps"))
 
     def get_timesteps(self, p: Any, steps: int) -> torch.Tensor:
         discard = bool(self.config and self.config.options.get("discard_next_to_last_sigma", False))

@@ -28,4 +28,10 @@ def __getattr__(name: str) -> Any:
         return sd_models.model_data.sd_model
     if name in ("data_path", "models_path"):
         return getattr(data_paths, name)
+    if name == "sd_upscalers":
+        from modules import upscaling  # A1111 keeps the upscaler list on shared
+        return upscaling.sd_upscalers
+    if name in ("hypernetworks", "loaded_hypernetworks", "reload_hypernetworks"):
+        from modules.hypernetworks import hypernetwork  # A1111 keeps these on shared
+        return getattr(hypernetwork, name)
     raise AttributeError(f"module 'modules.shared' has no attribute {name!r}")

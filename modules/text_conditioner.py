@@ -177,14 +177,20 @@ class _ChunkBuilder:
         return self.chunks, self.token_count
 
 
-def _substitute_vectors(chunks: list[PromptChunk]) -> Callable:
-    """A forward hook for the token embedding that puts each chunk's embedding vectors in place."""
+def _substitute_vectors(chunks: list[PromptChunk], vector_key: str | None = None) -> Callable:
+    """A forward hook for the token embedding that puts each chunk's embedding vectors in place.
+
+    An SDXL embedding holds one tensor per text encoder (`vec` a dict: `clip_l`, `clip_g`);
+    `vector_key` picks this encoder's.
+    """
     def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         output = output.clone()
         for row, chunk in enumerate(chunks):
             for fix in chunk.fixes:
                 start = fix.offset + 1
                 vec = fix.embedding.vec
+                if isinstance(vec, dict):
+                    vec = vec[vector_key]
                 count = min(output.shape[1] - start, vec.shape[0])  # A1111: up to the last position
                 output[row, start:start + count] = vec[:count].to(device=output.device, dtype=output.dtype)
         return output
@@ -208,13 +214,15 @@ class ClipConditioner:
     chunk_length = CHUNK_LENGTH
     embedding_db: Any = None
     """The textual-inversion database (`find_embedding_at_position`, `ids_lookup`), or None."""
+    vector_key: str | None = None
+    """Which tensor of a multi-encoder (SDXL) embedding this encoder takes; None: the embedding's `vec`."""
 
-    def __init__(self, tokenizer: Any, text_encoder: Any):
+    def __init__(self, tokenizer: Any, text_encoder: Any, id_pad: int | None = None):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.id_start: int = tokenizer.bos_token_id
         self.id_end: int = tokenizer.eos_token_id
-        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = getattr(tokenizer, "pad_token_id", None) if id_pad is None else id_pad
         self.id_pad: int = self.id_end if pad is None else pad
         self.comma_token: int | None = tokenizer.get_vocab().get(",</w>")
 
@@ -330,24 +338,33 @@ class ClipConditioner:
         after_end[:, 1:] = at_or_after_end[:, :-1]
         return tokens.masked_fill(after_end, self.id_pad)
 
-    def encode_chunks(self, chunks: list[PromptChunk], *, clip_skip: int, emphasis: str) -> torch.Tensor:
-        """Encode one chunk per prompt, `[B, 77, D]`, with emphasis applied."""
+    def encode_tokens_pooled(self, tokens: torch.Tensor, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(hidden states, pooled embedding or None)`; only encoders that give a pooled output override it."""
+        return self.encode_tokens(tokens, clip_skip), None
+
+    def encode_chunks(self, chunks: list[PromptChunk], *, clip_skip: int,
+                      emphasis: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode one chunk per prompt: `([B, 77, D] with emphasis applied, pooled [B, P] or None)`.
+
+        Emphasis changes the hidden states only, never the pooled embedding (as in A1111).
+        """
         device = self.device
         tokens = self.pad_after_end(torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=device))
         if any(c.fixes for c in chunks):
-            hook = self.text_encoder.get_input_embeddings().register_forward_hook(_substitute_vectors(chunks))
+            hook = self.text_encoder.get_input_embeddings().register_forward_hook(
+                _substitute_vectors(chunks, self.vector_key))
             try:
-                z = self.encode_tokens(tokens, clip_skip)
+                z, pooled = self.encode_tokens_pooled(tokens, clip_skip)
             finally:
                 hook.remove()
         else:
-            z = self.encode_tokens(tokens, clip_skip)
+            z, pooled = self.encode_tokens_pooled(tokens, clip_skip)
         multipliers = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=z.device)
-        return EMPHASIS_MODES[emphasis](z, multipliers)
+        return EMPHASIS_MODES[emphasis](z, multipliers), pooled
 
-    def __call__(self, texts: Sequence[str], *, clip_skip: int = 1, emphasis: str = "Original",
-                 comma_padding_backtrack: int = 20) -> torch.Tensor:
-        """Encode a batch of prompts into `[B, 77*k, D]`, k being the largest chunk count in the batch.
+    def encode_with_pooled(self, texts: Sequence[str], *, clip_skip: int = 1, emphasis: str = "Original",
+                           comma_padding_backtrack: int = 20) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`([B, 77*k, D], pooled of the first chunk or None)`, k the largest chunk count in the batch.
 
         Raises:
             InvalidParameter: no texts, an unknown emphasis mode, or a clip skip outside the layers.
@@ -358,9 +375,76 @@ class ClipConditioner:
         self.check_clip_skip(clip_skip)
         batch_chunks, _ = self.process_texts(texts, emphasis=emphasis, comma_padding_backtrack=comma_padding_backtrack)
         chunk_count = max(len(chunks) for chunks in batch_chunks)
-        encoded = []
+        encoded, first_pooled = [], None
         with torch.no_grad():
             for i in range(chunk_count):
                 column = [chunks[i] if i < len(chunks) else self.empty_chunk() for chunks in batch_chunks]
-                encoded.append(self.encode_chunks(column, clip_skip=clip_skip, emphasis=emphasis))
-        return torch.cat(encoded, dim=1)
+                z, pooled = self.encode_chunks(column, clip_skip=clip_skip, emphasis=emphasis)
+                encoded.append(z)
+                first_pooled = pooled if i == 0 else first_pooled
+        return torch.cat(encoded, dim=1), first_pooled
+
+    def __call__(self, texts: Sequence[str], *, clip_skip: int = 1, emphasis: str = "Original",
+                 comma_padding_backtrack: int = 20) -> torch.Tensor:
+        """Encode a batch of prompts into `[B, 77*k, D]`, k being the largest chunk count in the batch.
+
+        Raises:
+            InvalidParameter: no texts, an unknown emphasis mode, or a clip skip outside the layers.
+        """
+        return self.encode_with_pooled(texts, clip_skip=clip_skip, emphasis=emphasis,
+                                       comma_padding_backtrack=comma_padding_backtrack)[0]
+
+
+OPEN_CLIP_PAD = 0
+"""OpenCLIP pads a prompt after its end token with token id 0 (`!`), where CLIP ViT-L repeats the end token."""
+
+
+class OpenClipConditioner(ClipConditioner):
+    """SD2.x's OpenCLIP ViT-H text conditioning as A1111 gives it: padding with id 0, and the
+    penultimate layer's output through the final layer norm. A1111 applies no clip skip to this
+    encoder: the option is accepted and has no effect."""
+
+    def __init__(self, tokenizer: Any, text_encoder: Any):
+        super().__init__(tokenizer, text_encoder, id_pad=OPEN_CLIP_PAD)
+
+    def encode_tokens(self, tokens: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        outputs = self.text_encoder(input_ids=tokens, output_hidden_states=True)
+        return self.final_layer_norm()(outputs.hidden_states[-2])
+
+    encode_with_transformers = encode_tokens
+
+
+class SdxlClipLConditioner(ClipConditioner):
+    """SDXL's first text encoder (CLIP ViT-L): the penultimate layer's output, without the final
+    layer norm; with the option `sdxl_clip_l_skip`, layer -clip_skip instead (A1111)."""
+
+    vector_key = "clip_l"
+
+    def __init__(self, tokenizer: Any, text_encoder: Any, use_clip_skip: Callable[[], bool] = lambda: False):
+        super().__init__(tokenizer, text_encoder)
+        self.use_clip_skip = use_clip_skip
+
+    def encode_tokens(self, tokens: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        outputs = self.text_encoder(input_ids=tokens, output_hidden_states=True)
+        return outputs.hidden_states[-clip_skip if self.use_clip_skip() else -2]
+
+    encode_with_transformers = encode_tokens
+
+
+class SdxlOpenClipConditioner(ClipConditioner):
+    """SDXL's OpenCLIP ViT-bigG encoder: padding with id 0, the penultimate layer's output without
+    the final layer norm, and the pooled, projected embedding of the end token. No clip skip (A1111)."""
+
+    vector_key = "clip_g"
+
+    def __init__(self, tokenizer: Any, text_encoder: Any):
+        super().__init__(tokenizer, text_encoder, id_pad=OPEN_CLIP_PAD)
+
+    def encode_tokens_pooled(self, tokens: torch.Tensor, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.text_encoder(input_ids=tokens, output_hidden_states=True)
+        return outputs.hidden_states[-2], outputs.text_embeds
+
+    def encode_tokens(self, tokens: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+        return self.encode_tokens_pooled(tokens, clip_skip)[0]
+
+    encode_with_transformers = encode_tokens

@@ -1,19 +1,26 @@
-"""Upscalers: the built-in pixel upscalers, latent upscale modes, and the extras operation.
+"""Upscalers: the built-in pixel upscalers, model upscalers, latent upscale modes and the extras operation.
 
-A1111 ships "None", "Lanczos" and "Nearest" without any model; model upscalers (ESRGAN, …) are
-not installed in Serena yet, but :func:`register_upscaler` is where they would plug in. Names,
-the ``/sdapi/v1/upscalers`` shape, the ``// 8 * 8`` target rounding and the extras infotext are
-A1111's (spec §1.2, §1.7).
+A1111 ships "None", "Lanczos" and "Nearest" without any model; model upscalers (ESRGAN,
+Real-ESRGAN, SwinIR, DAT, HAT, ScuNET) are the files in A1111's folders under ``models/``, found
+and run by `modules.upscaler_spandrel`. The list is rescanned when one of those folders changes
+(or the models directory does), so a file dropped in is usable without a restart; extensions add
+their own with :func:`register_upscaler`. Names, the ``/sdapi/v1/upscalers`` shape, the
+``// 8 * 8`` target rounding and the extras infotext are A1111's (spec §1.2, §1.7).
 """
 from __future__ import annotations
 
+import functools
 import html
+import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
 from modules import errors
+
+if TYPE_CHECKING:  # annotations only: upscaler_spandrel imports torch, loaded when a model upscaler is listed
+    from modules.upscaler_spandrel import ModelFile
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -48,8 +55,9 @@ class UpscalerData:
     def upscale(self, img: Image.Image, scale: float) -> Image.Image:
         """Scale ``img`` by ``scale`` to a size rounded down to a multiple of 8 (A1111's Upscaler.upscale).
 
-        The step runs up to three times while the image is still below the target, then a
-        Lanczos resize lands exactly on the target.
+        The step runs up to three times while the image is still below the target (at least once
+        for ``scale == 1``, so a 1× restoration model such as ScuNET runs), then a Lanczos resize
+        lands exactly on the target.
         """
         from modules import shared
         dest_w = int((img.width * scale) // 8 * 8)
@@ -58,8 +66,8 @@ class UpscalerData:
             raise errors.InvalidParameter(
                 f"upscaling {img.width}x{img.height} by {scale} gives an empty image ({dest_w}x{dest_h})",
                 field="scale")
-        for _ in range(3):
-            if img.width >= dest_w and img.height >= dest_h and scale != 1:
+        for i in range(3):
+            if img.width >= dest_w and img.height >= dest_h and (i > 0 or scale != 1):
                 break
             if getattr(shared.state, "interrupted", False):
                 break
@@ -84,12 +92,24 @@ def _step_nearest(img: Image.Image, scale: float) -> Image.Image:
     return img.resize((int(img.width * scale), int(img.height * scale)), resample=NEAREST)
 
 
-sd_upscalers: list[UpscalerData] = [
+BUILTIN_NAMES = ("None", "Lanczos", "Nearest")
+_upscalers: list[UpscalerData] = [
     UpscalerData("None", _step_none),
     UpscalerData("Lanczos", _step_lanczos),
     UpscalerData("Nearest", _step_nearest),
 ]
-"""Every upscaler, in ``/sdapi/v1/upscalers`` order: the built-ins, then models by name."""
+"""Every upscaler, in ``/sdapi/v1/upscalers`` order: the built-ins, then models by name. Read it as
+``upscaling.sd_upscalers`` (A1111's name), which rescans the model folders first."""
+_discovered: set[str] = set()
+_scan_signature: tuple | None = None
+_scan_lock = threading.RLock()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sd_upscalers":
+        refresh_model_upscalers()
+        return _upscalers
+    raise AttributeError(f"module 'modules.upscaling' has no attribute {name!r}")
 
 
 def register_upscaler(data: UpscalerData) -> None:
@@ -98,15 +118,60 @@ def register_upscaler(data: UpscalerData) -> None:
     Raises:
         errors.InvalidParameter: the name is a built-in's.
     """
-    if data.name in ("None", "Lanczos", "Nearest"):
+    if data.name in BUILTIN_NAMES:
         raise errors.InvalidParameter(f"upscaler name {data.name!r} is reserved for a built-in", field="name")
-    models = [u for u in sd_upscalers[3:] if u.name != data.name] + [data]
-    sd_upscalers[3:] = sorted(models, key=lambda u: u.name.lower())
+    with _scan_lock:
+        models = [u for u in _upscalers[3:] if u.name != data.name] + [data]
+        _upscalers[3:] = sorted(models, key=lambda u: u.name.lower())
+
+
+def _model_upscaler(model: ModelFile) -> UpscalerData:
+    """The list entry of a model file; its step loads (and caches) the model on first use."""
+    from modules import upscaler_spandrel
+    return UpscalerData(model.name, functools.partial(upscaler_spandrel.upscale_step, model),
+                        model_name=model.model_name, model_path=model.path, scale=model.scale)
+
+
+def refresh_model_upscalers(force: bool = False) -> None:
+    """Rescan the model upscaler folders when they (or the models directory, or the enabled-model
+    options) changed since the last scan, or always with ``force``.
+
+    A name found twice (the same stem in two folders) keeps its first file, in folder order.
+    """
+    global _scan_signature
+    from modules import shared, upscaler_spandrel
+    models_path = shared.data_paths.models_path
+    enabled = {"realesrgan_enabled_models": list(getattr(shared.opts, "realesrgan_enabled_models", None) or []),
+               "dat_enabled_models": list(getattr(shared.opts, "dat_enabled_models", None) or [])}
+    signature = (upscaler_spandrel.folders_signature(models_path), repr(sorted(enabled.items())))
+    with _scan_lock:
+        if not force and signature == _scan_signature:
+            return
+        found = upscaler_spandrel.discover(models_path, enabled,
+                                           list_hidden=bool(getattr(shared.opts, "list_hidden_files", True)))
+        kept = [u for u in _upscalers[3:] if u.name not in _discovered]
+        names = {u.name for u in kept} | set(BUILTIN_NAMES)
+        added = []
+        for model in found:
+            if model.name not in names:
+                names.add(model.name)
+                added.append(_model_upscaler(model))
+        _upscalers[3:] = sorted(kept + added, key=lambda u: u.name.lower())
+        _discovered.clear()
+        _discovered.update(u.name for u in added)
+        _scan_signature = signature
 
 
 def list_upscalers() -> list[dict[str, Any]]:
     """The ``/sdapi/v1/upscalers`` response."""
-    return [u.api_dict() for u in sd_upscalers]
+    refresh_model_upscalers()
+    return [u.api_dict() for u in _upscalers]
+
+
+def upscaler_names() -> list[str]:
+    """Every upscaler name, in list order."""
+    refresh_model_upscalers()
+    return [u.name for u in _upscalers]
 
 
 def find_upscaler(name: str) -> UpscalerData:
@@ -115,10 +180,11 @@ def find_upscaler(name: str) -> UpscalerData:
     Raises:
         errors.InvalidParameter: unknown name; the message lists the valid ones.
     """
-    for upscaler in sd_upscalers:
+    refresh_model_upscalers()
+    for upscaler in _upscalers:
         if upscaler.name == name:
             return upscaler
-    valid = ", ".join(u.name for u in sd_upscalers)
+    valid = ", ".join(u.name for u in _upscalers)
     raise errors.InvalidParameter(f"unknown upscaler {name!r}; valid upscalers: {valid}", field="upscaler")
 
 
@@ -263,13 +329,31 @@ def _check_extras_request(resize_mode: int, upscaling_resize: float, upscaling_r
         raise errors.InvalidParameter(
             f"upscaling_resize_w/h must be > 0, got {upscaling_resize_w}x{upscaling_resize_h}",
             field="upscaling_resize_w")
-    if gfpgan_visibility:
-        raise errors.NotFound(f"face restoration model 'GFPGAN' is not installed "
-                              f"(gfpgan_visibility={gfpgan_visibility}); set it to 0", field="gfpgan_visibility")
-    if codeformer_visibility:
-        raise errors.NotFound(f"face restoration model 'CodeFormer' is not installed "
-                              f"(codeformer_visibility={codeformer_visibility}); set it to 0",
-                              field="codeformer_visibility")
+    visibilities = (("gfpgan_visibility", gfpgan_visibility), ("codeformer_visibility", codeformer_visibility))
+    for field, visibility in visibilities:
+        if not 0 <= visibility <= 1:
+            raise errors.InvalidParameter(f"{field} must be between 0 and 1, got {visibility!r}", field=field)
+    for (field, visibility), name in zip(visibilities, ("GFPGAN", "CodeFormer")):
+        if visibility:  # before any work: a missing file is named without upscaling first
+            from modules import face_restoration
+            face_restoration.check_available(name, field=field)
+
+
+def _restore_for_extras(image: Image.Image, info: dict[str, Any], name: str, visibility: float,
+                        codeformer_weight: float) -> Image.Image:
+    """A1111's GFPGAN / CodeFormer postprocessing step: restore, blend by ``visibility``, record it."""
+    import numpy as np
+
+    from modules import face_restoration
+    if not visibility:
+        return image
+    restored = Image.fromarray(face_restoration.restore(np.asarray(image, dtype=np.uint8), name, codeformer_weight))
+    if visibility < 1.0:
+        restored = Image.blend(image, restored, visibility)
+    info[f"{name} visibility"] = round(visibility, 3)
+    if name == "CodeFormer":
+        info["CodeFormer weight"] = round(codeformer_weight, 3)
+    return restored
 
 
 def extras_infotext(info: dict[str, Any]) -> str:
@@ -293,16 +377,19 @@ def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float
 
     The image is converted to RGB and upscaled by ``upscaler_1`` (nothing happens when it is
     "None"); with ``upscaler_2`` and a visibility above 0 a second upscale is blended in.
-    ``upscale_first`` and ``codeformer_weight`` are accepted for the API shape; they only matter
-    with face restorers, which are not installed.
+    Then, as A1111 orders its postprocessing, faces are restored with GFPGAN (``gfpgan_visibility``
+    above 0) and then CodeFormer (``codeformer_visibility``, fidelity ``codeformer_weight``), each
+    result blended over its input by its visibility (`modules.face_restoration`).
+    ``upscale_first`` is accepted for the API shape and, as in A1111 v1.10, changes nothing.
 
     Returns:
         ``(image, html_info)``, e.g. ``<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>``.
 
     Raises:
         errors.InvalidParameter: bad mode or size, unknown upscaler name.
-        errors.NotFound: a face restorer was asked for (``gfpgan_visibility`` /
-            ``codeformer_visibility`` non-zero): neither GFPGAN nor CodeFormer is installed.
+        errors.InvalidParameter: a visibility outside ``[0, 1]``.
+        face_restoration.FaceRestorerUnavailable: a restorer asked for (visibility above 0) whose
+            weight file or face detector file is missing; the message names the file and folder.
     """
     _check_extras_request(resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h,
                           gfpgan_visibility, codeformer_visibility)
@@ -323,4 +410,6 @@ def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float
             upscaled = Image.blend(upscaled, other, extras_upscaler_2_visibility)
             info["Postprocess upscaler 2"] = second.name
         image = upscaled
+    image = _restore_for_extras(image, info, "GFPGAN", gfpgan_visibility, codeformer_weight)
+    image = _restore_for_extras(image, info, "CodeFormer", codeformer_visibility, codeformer_weight)
     return image, plaintext_to_html(extras_infotext(info))

@@ -43,3 +43,13 @@ def clean_state(serena):
     serena.state.reset()
     yield serena.state
     serena.state.reset()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real CLIP tokenizer (vocabulary fetched at set-up into models/tokenizers)."""
+    from modules import clip_tokenizer
+    folder = clip_tokenizer.default_target_dir()
+    if not clip_tokenizer.has_vocab(folder):
+        pytest.skip(f"no CLIP vocabulary in {folder}: run `python -m modules.clip_tokenizer` (launch.py does)")
+    return clip_tokenizer.load_tokenizer(folder)

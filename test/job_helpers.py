@@ -2,6 +2,11 @@
 textual inversion, LoRA) that compare a job's bytes before and after a file was used."""
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+from typing import Iterator
+
 import numpy as np
 
 from modules import processing
@@ -18,3 +23,14 @@ def job(**kwargs) -> processing.Processed:
 def image_bytes(res: processing.Processed) -> bytes:
     """The first image's RGB pixels."""
     return np.asarray(res.images[0].convert("RGB")).tobytes()
+
+
+@contextlib.contextmanager
+def empty_folder(path: str) -> Iterator[str]:
+    """`path` as an empty folder for the test, removed again afterwards."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,17 +13,9 @@ import torch
 
 from modules import demo_checkpoint, extra_networks, infotext_utils, lora_networks, shared
 from job_helpers import image_bytes, job
-from test_processing_helpers import close_env, make_env
+from test_processing_helpers import env  # noqa: F401  (fixture)
 
 NAME = "demo"
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp, data = make_env(tmp_path_factory)
-    yield data
-    lora_networks.restore()
-    close_env(mp)
 
 
 @pytest.fixture()
@@ -167,8 +159,8 @@ def test_missing_lora_folder_lists_nothing(env, tmp_path, monkeypatch):
 
 
 def test_key_mapping_and_alpha_agree_with_diffusers_conversion(lora):
-    """diffusers' kohya → diffusers conversion (offline; peft is not installed, so its loader cannot run)
-    names the same modules and alpha: the delta built from its output equals the one we apply."""
+    """diffusers' kohya → diffusers conversion (offline, without its peft loader) names the same modules
+    and alpha: the delta built from its output equals the one we apply."""
     from diffusers.loaders import lora_conversion_utils
     converted, alphas = lora_conversion_utils._convert_non_diffusers_lora_to_diffusers(
         dict(demo_checkpoint.build_demo_lora_state_dict()))

@@ -280,12 +280,39 @@ def test_tiled_image_edges_match_better_than_untiled():
     assert sum(tiled) < sum(plain)
 
 
-def test_refiner_is_rejected_and_restore_faces_is_not_claimed():
-    with pytest.raises(errors.InvalidParameter, match="refiner") as info:
-        run(refiner_checkpoint="demo2")
+def test_refiner_switches_model_mid_job_and_the_next_job_starts_on_the_base():
+    with pytest.raises(errors.InvalidParameter, match="refiner checkpoint 'nope' not found") as info:
+        run(refiner_checkpoint="nope")
     assert info.value.field == "refiner_checkpoint"
+    with pytest.raises(errors.InvalidParameter) as info:
+        run(refiner_checkpoint="demo2", refiner_switch_at=1.5)
+    assert info.value.field == "refiner_switch_at"
+    plain = run(seed=5, steps=4)
+    refined = run(seed=5, steps=4, refiner_checkpoint="demo2", refiner_switch_at=0.5)
+    title = sd_models.get_checkpoint_info("demo2").short_title
+    assert f"Refiner: {title}, Refiner switch at: 0.5" in refined.infotexts[0]
+    assert max_diff(plain.images[0], refined.images[0]) == 0  # demo2 holds the same weights as demo
+    assert shared.sd_model.sd_checkpoint_info.name_for_extra == "demo"  # back on the job's own model
+    late = run(seed=5, steps=4, refiner_checkpoint="demo2", refiner_switch_at=1.0)
+    assert "Refiner" not in late.infotexts[0]  # sampling never got that far
+
+
+@pytest.mark.parametrize("which", ["first pass", "second pass", "both passes"])
+def test_refiner_with_hires_fix_follows_the_pass_option(which):
+    shared.opts.data["hires_fix_refiner_pass"] = which
+    try:
+        res = run(seed=5, steps=3, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=0.5,
+                  refiner_checkpoint="demo2", refiner_switch_at=0.3)
+    finally:
+        shared.opts.data.pop("hires_fix_refiner_pass")
+    assert "Refiner: demo2" in res.infotexts[0]
+    assert ("Hires refiner: " + which in res.infotexts[0]) == (which != "second pass")
+    assert shared.sd_model.sd_checkpoint_info.name_for_extra == "demo"
+
+
+def test_restore_faces_without_weight_files_is_skipped_and_says_which_file():
     res = run(restore_faces=True)
-    assert "Face restoration" not in res.infotexts[0] and "face restoration is not available" in res.comments
+    assert "Face restoration" not in res.infotexts[0] and "codeformer-v0.1.0.pth" in res.comments
 
 
 def test_prompt_lists_give_one_prompt_per_image():

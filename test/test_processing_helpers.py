@@ -48,7 +48,10 @@ def make_env(tmp_path_factory) -> tuple[pytest.MonkeyPatch, str]:
 
 
 def close_env(mp: pytest.MonkeyPatch) -> None:
+    from modules import lora_networks
+    lora_networks.restore()  # weights a LoRA test left patched go back before the model is dropped
     sd_models.model_data.set_sd_model(None)
+    sd_models.model_data.loaded_sd_models.clear()
     for registry in (sd_models.checkpoints_list, sd_models.checkpoint_aliases):
         registry.clear()
     mp.undo()

@@ -161,22 +161,6 @@ def test_inpainting_unet_is_recognised(demo_sd):
     assert eps.shape == x.shape
 
 
-def test_sd2_and_sdxl_are_refused_by_name(demo_sd):
-    sd2 = dict(demo_sd)
-    sd2["cond_stage_model.model.ln_final.weight"] = torch.zeros(1)
-    with pytest.raises(errors.UnsupportedModel, match="SD2.*later release"):
-        sd_models.build_model(sd2)
-    sdxl = {k: v for k, v in demo_sd.items() if not k.startswith("cond_stage_model.")}
-    sdxl["conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"] = torch.zeros(1)
-    with pytest.raises(errors.UnsupportedModel, match="SDXL.*later release"):
-        sd_models.build_model(sdxl)
-    wide = dict(demo_sd)
-    for key in [k for k in wide if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]:
-        wide[key] = torch.zeros(wide[key].shape[0], 1024)
-    with pytest.raises(errors.UnsupportedModel, match="SD2"):
-        sd_models.build_model(wide)
-
-
 def test_not_an_sd_checkpoint(tmp_path):
     with pytest.raises(errors.CheckpointLoadError, match="not a Stable Diffusion checkpoint"):
         sd_models.build_model({"lora_unet_down.weight": torch.zeros(1)})

@@ -6,19 +6,10 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from modules import clip_tokenizer
 from modules.errors import InvalidParameter
 from modules.text_conditioner import CHUNK_LENGTH, ClipConditioner
 
 BOS, EOS, CAT, DOG, COMMA = 49406, 49407, 2368, 1929, 267
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    folder = clip_tokenizer.default_target_dir()
-    if not clip_tokenizer.has_vocab(folder):
-        pytest.skip(f"no CLIP vocabulary in {folder}: run `python -m modules.clip_tokenizer` (launch.py does)")
-    return clip_tokenizer.load_tokenizer(folder)
 
 
 @pytest.fixture(scope="module")

@@ -5,35 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 
 import pytest
 import torch
 
 from modules import demo_checkpoint, infotext_utils, shared, text_conditioner
 from modules.textual_inversion import textual_inversion
-from job_helpers import image_bytes, job
-from test_processing_helpers import close_env, make_env
+from job_helpers import empty_folder, image_bytes, job
+from test_processing_helpers import env  # noqa: F401  (fixture)
 
 NAME = "sernemb"        # 3 vectors
 NEG = "negemb"          # 1 vector
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp, data = make_env(tmp_path_factory)
-    yield data
-    close_env(mp)
-
-
 @pytest.fixture()
 def folder(env):
     """An empty `<data>/embeddings`, emptied again afterwards (the next load sees the change)."""
-    path = textual_inversion.embeddings_dir()
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with empty_folder(textual_inversion.embeddings_dir()) as path:
+        yield path
     load()
 
 

@@ -187,7 +187,7 @@ class Api:
     def _run_extras(self, req: m.ExtrasBaseRequest, images: list[Any]) -> tuple[list[Any], str]:
         """Run the extras operation on every image under the queue lock; (images, html_info)."""
         from modules import upscaling
-        known = [u.name for u in upscaling.sd_upscalers]
+        known = upscaling.upscaler_names()
         for field in ("upscaler_1", "upscaler_2"):
             if getattr(req, field) not in known:
                 raise errors.NotFound(f"Upscaler {getattr(req, field)!r} not found; installed: {', '.join(known)}",
@@ -343,14 +343,20 @@ class Api:
         from modules import sd_vae
         return sd_vae.vae_items()
 
-    async def get_hypernetworks(self) -> list:
-        return []
+    async def get_hypernetworks(self) -> list[dict[str, str]]:
+        """Every `.pt` under `--hypernetwork-dir` (rescanned), as A1111 lists them: `name`, `path`."""
+        from modules.hypernetworks import hypernetwork
+        listed = await anyio.to_thread.run_sync(hypernetwork.list_hypernetworks, hypernetwork.hypernetwork_dir())
+        return [{"name": name, "path": path} for name, path in listed.items()]
 
     async def get_face_restorers(self) -> list:
-        return []
+        """A1111's ``{name, cmd_dir}`` for each restorer whose weight and detector files are present."""
+        from modules import face_restoration
+        return [{"name": r.name(), "cmd_dir": r.cmd_dir} for r in face_restoration.face_restorers()]
 
-    async def get_realesrgan_models(self) -> list:
-        return []
+    async def get_realesrgan_models(self) -> list[dict[str, Any]]:
+        from modules import shared, upscaler_spandrel
+        return upscaler_spandrel.list_realesrgan_models(shared.data_paths.models_path)
 
     async def get_prompt_styles(self) -> list[dict[str, Any]]:
         database = getattr(shared, "prompt_styles", None)
@@ -439,18 +445,13 @@ class Api:
     async def get_extensions_list(self) -> list:
         return []
 
-    async def get_loras(self) -> list[dict[str, Any]]:
+    def get_loras(self) -> list[dict[str, Any]]:
         from modules import lora_networks
-        folder = lora_networks.lora_dir()
-        items = []
-        for name in _model_files(folder, (".pt", ".ckpt", ".safetensors")):
-            path, stem = os.path.join(folder, name), os.path.splitext(name)[0]
-            metadata = _lora_metadata(path)
-            alias = metadata.get("ss_output_name") if isinstance(metadata.get("ss_output_name"), str) else stem
-            items.append({"name": stem, "alias": alias, "path": path, "metadata": metadata})
-        return items
+        networks = lora_networks.list_available_networks()  # the Lora folder and its subfolders
+        return [{"name": e.name, "alias": e.alias, "path": e.filename, "metadata": e.metadata}
+                for e in networks.values()]
 
-    async def refresh_loras(self) -> None:
+    def refresh_loras(self) -> None:
         from modules import lora_networks
         lora_networks.list_available_networks(force=True)
         return None

@@ -4,10 +4,18 @@ Files are found recursively under `--embeddings-dir` (default `<data>/embeddings
 Formats: A1111 `.pt` (`{"string_to_param": {"*": tensor[n, D]}, "name", "step", "sd_checkpoint",
 "sd_checkpoint_name"}`) and diffusers `.bin` (`{token: tensor[D]}`), both read through
 `safe_load` (tensors and plain containers only: a file that names any other callable is refused
-and never runs), and `.safetensors` (`emb_params`, or any single tensor). An embedding's name is
-its file stem; the name in a prompt, matched on token ids (longest match first), triggers it.
-Embeddings whose width is not the loaded text encoder's are listed as skipped. Embeddings stored
-inside images (PNG/WebP/AVIF) are not read yet.
+and never runs), `.safetensors` (`emb_params`, or any single tensor; SDXL: `clip_l` [n, w1] and
+`clip_g` [n, w2]), and images (`.png`, `.webp`, `.jxl`, `.avif`: the `sd-ti-embedding` text chunk or
+the data A1111 hides in the pixels, see `image_embedding`). An embedding's name is its file stem (an
+image's: the `name` in its data); the name in a prompt, matched on token ids (longest match first),
+triggers it.
+
+Families: an embedding is registered only when it fits the loaded model, judged from the model's
+text encoder widths (`text_encoder.config.hidden_size`, and `text_encoder_2`'s when the model has
+one): a single tensor [n, w] fits a model with one text encoder of width w (SD1: 768, SD2: 1024;
+the demo: 64); an SDXL pair fits a model with two encoders whose widths are those of `clip_l` and
+`clip_g`. Others are listed as skipped, with A1111's `shape` (the width; SDXL: w1 + w2) and
+`vectors`. Files that cannot be read are skipped too, the reason logged and kept in `failed`.
 
 The database is (re)loaded before a job's conditioning when the folder's listing (paths, sizes,
 mtimes, recursively) or the model changed since the last load, and on `refresh-embeddings`.
@@ -18,20 +26,29 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import zlib
 from typing import Any
 
 import torch
 
 from modules import errors, safe_load
+from modules.textual_inversion import image_embedding
 
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".pt", ".bin", ".safetensors")
-IMAGE_EXTENSIONS = (".png", ".webp", ".jpg", ".jpeg", ".avif")
+IMAGE_EXTENSIONS = image_embedding.EXTENSIONS
+SDXL_KEYS = ("clip_l", "clip_g")
 
 
 class Embedding:
-    """One embedding: `vec` is `[vectors, shape]` (SDXL files: a dict of such tensors)."""
+    """One embedding.
+
+    `vec` is a float32 tensor `[vectors, shape]` for a single-encoder model (SD1/SD2), or for SDXL
+    a dict `{"clip_l": [vectors, w1], "clip_g": [vectors, w2]}` of float32 tensors with the same
+    number of rows (what the SDXL conditioner puts into each of its two encoders). `shape` is the
+    width (SDXL: w1 + w2), `vectors` the number of rows.
+    """
 
     def __init__(self, vec: Any, name: str, step: int | None = None):
         self.vec = vec
@@ -87,7 +104,7 @@ def create_embedding_from_data(data: Any, name: str, filename: str) -> Embedding
             raise ValueError(f"{filename!r}: string_to_param holds no tensor")
         vec = vec.detach().to(torch.float32)
     elif isinstance(data.get("clip_l"), torch.Tensor) and isinstance(data.get("clip_g"), torch.Tensor):
-        vec = {key: data[key].detach().to(torch.float32) for key in ("clip_g", "clip_l")}
+        vec = sdxl_vectors(data, filename)
     elif isinstance(next(iter(data.values())), torch.Tensor):
         if len(data) != 1:
             raise ValueError(f"{filename!r}: a diffusers concept must hold exactly one tensor")
@@ -101,7 +118,7 @@ def create_embedding_from_data(data: Any, name: str, filename: str) -> Embedding
             raise ValueError(f"{filename!r}: embedding tensor has shape {list(vec.shape)}, expected [vectors, width]")
     embedding = Embedding(vec, name, step=_as_int(data.get("step")))
     if isinstance(vec, dict):
-        embedding.shape = int(vec["clip_g"].shape[-1] + vec["clip_l"].shape[-1])
+        embedding.shape = int(vec["clip_l"].shape[-1] + vec["clip_g"].shape[-1])
         embedding.vectors = int(vec["clip_g"].shape[0])
     else:
         embedding.shape = int(vec.shape[-1])
@@ -110,6 +127,60 @@ def create_embedding_from_data(data: Any, name: str, filename: str) -> Embedding
     embedding.sd_checkpoint_name = _as_str(data.get("sd_checkpoint_name"))
     embedding.filename = filename
     return embedding
+
+
+def sdxl_vectors(data: dict, filename: str) -> dict[str, torch.Tensor]:
+    """`{"clip_l": [n, w1], "clip_g": [n, w2]}` in float32 from an SDXL file (1-D rows become [1, w]).
+
+    Raises:
+        ValueError: a tensor is not 1- or 2-D, or the two hold different numbers of vectors.
+    """
+    vec = {}
+    for key in SDXL_KEYS:
+        tensor = data[key].detach().to(torch.float32)
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 1 else tensor
+        if tensor.ndim != 2 or tensor.shape[0] == 0:
+            raise ValueError(f"{filename!r}: {key} has shape {list(data[key].shape)}, expected [vectors, width]")
+        vec[key] = tensor
+    if vec["clip_l"].shape[0] != vec["clip_g"].shape[0]:
+        raise ValueError(f"{filename!r}: clip_l has {vec['clip_l'].shape[0]} vectors but clip_g "
+                         f"{vec['clip_g'].shape[0]}")
+    return vec
+
+
+def model_widths(model: Any) -> tuple[int | None, int | None]:
+    """The widths of the loaded model's first text encoder (None for an SDXL refiner, which has
+    none) and of its second (SDXL) or None."""
+    def width(encoder: Any) -> int | None:
+        if encoder is None:
+            return None
+        config = getattr(encoder, "config", None)
+        hidden = getattr(config, "hidden_size", None)
+        return int(hidden) if hidden is not None else int(encoder.get_input_embeddings().embedding_dim)
+
+    return width(getattr(model, "text_encoder", None)), width(getattr(model, "text_encoder_2", None))
+
+
+def fits_model(embedding: Embedding, widths: tuple[int | None, int | None]) -> bool:
+    """Whether `embedding` belongs to a model with these text encoder widths (see the module
+    docstring); an SDXL refiner (no first encoder) takes the `clip_g` part of an SDXL embedding."""
+    first, second = widths
+    if isinstance(embedding.vec, dict):
+        return (second is not None and embedding.vec["clip_g"].shape[-1] == second
+                and (first is None or embedding.vec["clip_l"].shape[-1] == first))
+    return second is None and embedding.shape == first
+
+
+def read_image_file(path: str) -> Any:
+    """The embedding data in an image, or None for a plain picture.
+
+    Raises:
+        ValueError: the image or its data cannot be read.
+    """
+    try:
+        return image_embedding.read_image_embedding(path)
+    except (OSError, ValueError, zlib.error, SyntaxError, image_embedding.Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read an embedding from the image {path!r}: {type(e).__name__}: {e}") from e
 
 
 def read_embedding_file(path: str) -> Any:
@@ -137,6 +208,8 @@ class EmbeddingDatabase:
         self.failed: dict[str, str] = {}
         """Files that could not be read (path → reason); not an A1111 field."""
         self.expected_shape = -1
+        """The loaded model's width (SDXL: the sum of both encoders'), A1111's field."""
+        self.expected_widths: tuple[int, int | None] | None = None
         self.embedding_dirs: list[str] = []
         """Folders to scan; empty: `embeddings_dir()` as the flags give it at each load."""
         self._signature: Any = None
@@ -204,12 +277,26 @@ class EmbeddingDatabase:
                     found.append((path, st.st_size, st.st_mtime_ns))
         return found
 
-    def load_from_file(self, path: str, tokenize: Any) -> None:
+    def _read(self, path: str) -> tuple[Any, str] | None:
+        """The file's data and the embedding's name; None for an image that holds no embedding."""
         name, ext = os.path.splitext(os.path.basename(path))
-        if ext.lower() in IMAGE_EXTENSIONS:
-            return  # embeddings inside images are not read yet
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            return read_embedding_file(path), name
+        if os.path.splitext(name)[1].lower() == ".preview":
+            return None
+        data = read_image_file(path)
+        if data is None:
+            return None
+        stored = data.get("name") if isinstance(data, dict) else None
+        return data, stored if isinstance(stored, str) and stored else name
+
+    def load_from_file(self, path: str, tokenize: Any) -> None:
         try:
-            embedding = create_embedding_from_data(read_embedding_file(path), name, path)
+            found = self._read(path)
+            if found is None:
+                return
+            data, name = found
+            embedding = create_embedding_from_data(data, name, path)
         except (errors.CheckpointLoadError, ValueError) as e:
             self.failed[path] = str(e)
             log.error("textual inversion: skipping %s: %s", path, e)
@@ -219,10 +306,16 @@ class EmbeddingDatabase:
             embedding.set_hash(hashes.sha256(path, "textual_inversion/" + name) or "")
         except errors.CheckpointNotFound:
             embedding.set_hash("")
-        if self.expected_shape == -1 or self.expected_shape == embedding.shape:
+        if self.expected_widths is None or fits_model(embedding, self.expected_widths):
             self.register_embedding(embedding, tokenize)
         else:
             self.skipped_embeddings[name] = embedding
+
+    def _sort_by_name(self) -> None:
+        """`word_embeddings` in case-insensitive name order (A1111), the same dict object kept."""
+        ordered = sorted(self.word_embeddings.values(), key=lambda e: e.name.lower())
+        self.word_embeddings.clear()
+        self.word_embeddings.update((e.name, e) for e in ordered)
 
     def load_textual_inversion_embeddings(self, model: Any = None, force_reload: bool = False) -> bool:
         """(Re)load every embedding file when forced, or when the files or `model` changed.
@@ -241,15 +334,18 @@ class EmbeddingDatabase:
             if not force_reload and signature == self._signature:
                 return False
             self.clear()
-            self.expected_shape = int(model.text_encoder.get_input_embeddings().embedding_dim)
+            self.expected_widths = model_widths(model)
+            self.expected_shape = sum(w for w in self.expected_widths if w)
             for path, size, _ in files:
                 if size > 0:
                     self.load_from_file(path, conditioner.tokenize)
+            self._sort_by_name()
             self._signature = signature
             conditioner.embedding_db = self
             if self.word_embeddings or self.skipped_embeddings:
-                log.info("textual inversion: %d embeddings loaded, %d skipped (width != %d)",
-                         len(self.word_embeddings), len(self.skipped_embeddings), self.expected_shape)
+                log.info("textual inversion: %d embeddings loaded, %d skipped (not for text encoder widths %s): %s",
+                         len(self.word_embeddings), len(self.skipped_embeddings), self.expected_widths,
+                         ", ".join(f"{n} (shape {e.shape})" for n, e in self.skipped_embeddings.items()))
             return True
 
 

@@ -66,3 +66,15 @@ def test_txt2img_with_an_embedding_reports_ti_hashes(client, folder):
     assert r.json()["images"][0] != plain["images"][0]
     wide = client.post(f"{API}/txt2img", json={**body, "prompt": "a cube apiwide"}).json()
     assert "TI hashes" not in json.loads(wide["info"])["infotexts"][0]
+
+
+def test_image_and_sdxl_embeddings_are_listed(client, folder):
+    from modules import demo_embeddings
+    demo_embeddings.write_demo_image_embedding(os.path.join(folder, "apipng.png"), vectors=2, store="pixels")
+    demo_embeddings.write_demo_sdxl_embedding(os.path.join(folder, "apixl.safetensors"), vectors=3)
+    assert client.post(f"{API}/refresh-embeddings").status_code == 200
+    body = client.get(f"{API}/embeddings").json()
+    assert body["loaded"]["apipng"] == {"step": 100, "sd_checkpoint": "0123456789",
+                                        "sd_checkpoint_name": "serena-demo-tiny", "shape": 64, "vectors": 2}
+    assert body["skipped"]["apixl"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                        "shape": 768 + 1280, "vectors": 3}

@@ -1,0 +1,9 @@
+"""A1111's `network_full` module: its module type (Serena's, from `modules.lora_types`, where the rule is
+written) and `NetworkModuleFull`, which is Serena's one `NetworkModule` class (the type it holds computes
+the change)."""
+from modules.lora_network import NetworkModule
+from modules.lora_types import ModuleTypeFull
+
+NetworkModuleFull = NetworkModule
+
+__all__ = ["ModuleTypeFull", "NetworkModuleFull"]

@@ -1,0 +1,9 @@
+"""A1111's `network_lokr` module: its module type (Serena's, from `modules.lora_types`, where the rule is
+written) and `NetworkModuleLokr`, which is Serena's one `NetworkModule` class (the type it holds computes
+the change)."""
+from modules.lora_network import NetworkModule
+from modules.lora_types import ModuleTypeLokr
+
+NetworkModuleLokr = NetworkModule
+
+__all__ = ["ModuleTypeLokr", "NetworkModuleLokr"]
