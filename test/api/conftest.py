@@ -23,6 +23,16 @@ def api_runtime(serena, serena_data_dir):
     yield serena
 
 
+@pytest.fixture(scope="module", autouse=True)
+def session_checkpoints(api_runtime):
+    """The checkpoint registry of the session's data folder, rebuilt when a non-API test module run
+    before this one left it emptied (its private data folder is gone)."""
+    from modules import sd_models
+    if not sd_models.checkpoints_list:
+        sd_models.list_models()
+    yield
+
+
 @pytest.fixture(scope="session")
 def api_app(api_runtime):
     from modules.api.app import build_app
