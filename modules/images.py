@@ -19,7 +19,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Callable, IO, NamedTuple
 
-from PIL import Image, ImageColor, ImageOps
+from PIL import Image, ImageColor, ImageDraw, ImageFont, ImageOps
 
 from modules import errors, fileio, infotext_utils
 
@@ -637,6 +637,144 @@ def image_grid(imgs: list[Image.Image], batch_size: int = 1, rows: int | None = 
         y = (i // cols) * h + (h - img.height) // 2
         grid.paste(img, box=(x, y))
     return grid
+
+
+def get_font(fontsize: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The grid-annotation font at ``fontsize``: the TrueType file of the option ``font`` if set and
+    readable, else Pillow's bundled scalable font (the same on every machine)."""
+    size = max(int(fontsize), 1)
+    path = getattr(_opts(), "font", "") or ""
+    if path:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            log.warning("font %r could not be read; using the built-in font", path)
+    return ImageFont.load_default(size=size)
+
+
+class GridAnnotation:
+    """One line of text around a grid: ``is_active`` False draws it greyed and struck through."""
+
+    def __init__(self, text: str = "", is_active: bool = True):
+        self.text = text
+        self.is_active = is_active
+        self.size: tuple[int, int] | None = None
+        self.allowed_width = 0
+
+    def __repr__(self) -> str:
+        return f"GridAnnotation({self.text!r}, is_active={self.is_active})"
+
+
+def _wrap_words(draw: ImageDraw.ImageDraw, text: str, font: Any, max_width: float) -> list[str]:
+    """Greedy word wrap of ``text`` to ``max_width`` pixels (a single long word stays on its line)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split():
+        candidate = f"{current} {word}" if current else word
+        if not current or draw.textlength(candidate, font=font) <= max_width:
+            current = candidate
+        else:
+            lines.append(current)
+            current = word
+    lines.append(current)
+    return lines
+
+
+def _color_option(name: str, default: str) -> tuple:
+    value = getattr(_opts(), name, default) or default
+    return ImageColor.getcolor(value, "RGB") if isinstance(value, str) else tuple(value)
+
+
+def draw_grid_annotations(im: Image.Image, width: int, height: int, hor_texts: list[list[GridAnnotation]],
+                          ver_texts: list[list[GridAnnotation]], margin: int = 0) -> Image.Image:
+    """A grid of ``width``×``height`` cells with labels: ``hor_texts[c]`` above column c and
+    ``ver_texts[r]`` left of row r, ``margin`` pixels between cells.
+
+    Labels use a font of size (width + height) // 25, wrapped to the cell width (column labels) or
+    to the left band, which is 3/4 of a cell wide when any row label has text. Inactive labels
+    are grey and struck through. The input lists are not modified.
+
+    Raises:
+        errors.InvalidParameter: the number of label lists does not match the grid's columns/rows.
+    """
+    cols = im.width // width
+    rows = im.height // height
+    if cols != len(hor_texts) or rows != len(ver_texts):
+        raise errors.InvalidParameter(
+            f"grid of {cols}x{rows} cells needs {cols} column and {rows} row label lists, "
+            f"got {len(hor_texts)} and {len(ver_texts)}", field="hor_texts")
+
+    fontsize = (width + height) // 25
+    spacing = fontsize // 2
+    font = get_font(fontsize)
+    active = _color_option("grid_text_active_color", "#000000")
+    inactive = _color_option("grid_text_inactive_color", "#999999")
+    background = _color_option("grid_background_color", "#ffffff")
+    has_row_text = any(a.text for labels in ver_texts for a in labels)
+    pad_left = width * 3 // 4 if has_row_text else 0
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def lay_out(labels: list[GridAnnotation], allowed: int) -> list[GridAnnotation]:
+        out = []
+        for label in labels:
+            for text in _wrap_words(measure, label.text, font, allowed):
+                line = GridAnnotation(text, label.is_active)
+                left, top, right, bottom = measure.multiline_textbbox((0, 0), text, font=font)
+                line.size = (right - left, bottom - top)
+                line.allowed_width = allowed
+                out.append(line)
+        return out
+
+    columns = [lay_out(labels, width) for labels in hor_texts]
+    row_labels = [lay_out(labels, pad_left) for labels in ver_texts]
+    column_heights = [sum(a.size[1] + spacing for a in lines) - spacing for lines in columns]
+    row_heights = [sum(a.size[1] for a in lines) for lines in row_labels]
+    pad_top = max(column_heights) + spacing * 2 if sum(column_heights) > 0 else 0
+
+    result = Image.new("RGB", (im.width + pad_left + margin * (cols - 1), im.height + pad_top + margin * (rows - 1)),
+                       background)
+    for row in range(rows):
+        for col in range(cols):
+            cell = im.crop((width * col, height * row, width * (col + 1), height * (row + 1)))
+            result.paste(cell, (pad_left + (width + margin) * col, pad_top + (height + margin) * row))
+
+    draw = ImageDraw.Draw(result)
+
+    def draw_lines(center_x: float, top: float, lines: list[GridAnnotation]) -> None:
+        for line in lines:
+            line_font, size = font, fontsize
+            while size > 1 and draw.multiline_textbbox((0, 0), line.text, font=line_font)[2] > line.allowed_width:
+                size -= 1
+                line_font = get_font(size)
+            middle = top + line.size[1] / 2
+            draw.multiline_text((center_x, middle), line.text, font=line_font, fill=active if line.is_active else inactive,
+                                anchor="mm", align="center")
+            if not line.is_active:
+                half = line.size[0] // 2
+                draw.line((center_x - half, middle, center_x + half, middle), fill=inactive, width=4)
+            top += line.size[1] + spacing
+
+    for col, lines in enumerate(columns):
+        draw_lines(pad_left + (width + margin) * col + width / 2, pad_top / 2 - column_heights[col] / 2, lines)
+    for row, lines in enumerate(row_labels):
+        draw_lines(pad_left / 2, pad_top + (height + margin) * row + height / 2 - row_heights[row] / 2, lines)
+    return result
+
+
+def draw_prompt_matrix(im: Image.Image, width: int, height: int, all_prompts: list[str], margin: int = 0) -> Image.Image:
+    """Label a prompt-matrix grid: ``all_prompts[1:]`` are the optional parts; the first half (rounded
+    up) goes across the columns, the rest down the rows. Column/row index bit i says whether part i
+    is in that cell's prompt (shown active) or not (struck through)."""
+    parts = all_prompts[1:]
+    split = math.ceil(len(parts) / 2)
+    across, down = parts[:split], parts[split:]
+
+    def labels(texts: list[str]) -> list[list[GridAnnotation]]:
+        return [[GridAnnotation(text, is_active=bool(pos & (1 << i))) for i, text in enumerate(texts)]
+                for pos in range(1 << len(texts))]
+
+    return draw_grid_annotations(im, width, height, labels(across), labels(down), margin)
 
 
 class Grid(NamedTuple):

@@ -501,3 +501,77 @@ def image_to_bytes(image: Image.Image, fmt: str, infotext: str | None, *, qualit
         image = to_rgb_for_lossy(image)
         image.save(buffer, format=pil_format, exif=exif_with_user_comment(infotext or ""), quality=quality)
     return buffer.getvalue()
+
+
+# --- paste registries extensions use (A1111's `generation_parameters_copypaste` names) ------------------
+class PasteField(tuple):
+    """`(component, target)`: paste the infotext value `target` (a key, or a function of the parsed
+    dict) into `component`; `api` names the API field it corresponds to."""
+
+    def __new__(cls, component: Any, target: Any, *, api: str | None = None):
+        return super().__new__(cls, (component, target))
+
+    def __init__(self, component: Any, target: Any, *, api: str | None = None):
+        super().__init__()
+        self.component = component
+        self.target = target
+        self.api = api
+
+
+class ParamBinding:
+    """A "send to <tab>" button registered by an extension (`register_paste_params_button`)."""
+
+    def __init__(self, paste_button: Any, tabname: str, source_text_component: Any = None,
+                 source_image_component: Any = None, source_tabname: str | None = None,
+                 override_settings_component: Any = None, paste_field_names: list[str] | None = None):
+        self.paste_button = paste_button
+        self.tabname = tabname
+        self.source_text_component = source_text_component
+        self.source_image_component = source_image_component
+        self.source_tabname = source_tabname
+        self.override_settings_component = override_settings_component
+        self.paste_field_names = paste_field_names or []
+
+
+paste_fields: dict[str, dict[str, Any]] = {}
+"""tab name → {"init_img", "fields" (list of PasteField / (component, target)), "override_settings_component",
+"paste_field_names"}; filled by the UI and by extensions through `add_paste_fields`."""
+registered_param_bindings: list[ParamBinding] = []
+
+
+def reset() -> None:
+    paste_fields.clear()
+    registered_param_bindings.clear()
+
+
+def add_paste_fields(tabname: str, init_img: Any, fields: list | None, override_settings_component: Any = None) -> None:
+    """Register the components a pasted infotext fills on tab `tabname` (an extension's own tab too)."""
+    fields = [f if isinstance(f, PasteField) else PasteField(*f) for f in (fields or [])]
+    paste_fields[tabname] = {"init_img": init_img, "fields": fields,
+                             "override_settings_component": override_settings_component,
+                             "paste_field_names": [f.api for f in fields if f.api]}
+
+
+def register_paste_params_button(binding: ParamBinding) -> None:
+    registered_param_bindings.append(binding)
+
+
+def create_override_settings_dict(text_pairs: Iterable[str]) -> dict[str, Any]:
+    """Settings from "Infotext key: value" strings (the override-settings dropdown's values):
+    each key that an option records in infotexts (its `infotext` label) becomes that option,
+    with the value cast to the option's type. Other keys are ignored."""
+    from modules import shared
+    params: dict[str, str] = {}
+    for pair in text_pairs or []:
+        key, sep, value = str(pair).partition(":")
+        if sep:
+            params[key.strip()] = value.strip()
+    result: dict[str, Any] = {}
+    for name, info in shared.opts.data_labels.items():
+        label = getattr(info, "infotext", None)
+        if label and label in params:
+            try:
+                result[name] = shared.opts.cast_value(name, params[label])
+            except ValueError:
+                continue
+    return result

@@ -19,22 +19,73 @@ from modules import errors
 
 @dataclass
 class OptionInfo:
-    """One option: its default, its label in the UI, and how it behaves."""
+    """One option: its default, its label in the UI, and how it behaves.
+
+    The leading fields are in A1111's order, so extensions' positional calls such as
+    `OptionInfo(1, "Label", gr.Slider, {"minimum": 0, "maximum": 4})` mean the same here.
+    """
 
     default: Any = None
     label: str = ""
-    section: str = "other"
+    component: Any = None
+    component_args: Any = None
     onchange: Callable[[], None] | None = None
+    section: Any = "other"
+    refresh: Callable[[], None] | None = None
+    comment_before: str = ""
+    comment_after: str = ""
     infotext: str | None = None
     restrict_api: bool = False
+    category_id: str | None = None
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
     comment: str = ""
+    do_not_save: bool = False
 
     def info(self, text: str) -> "OptionInfo":
+        """Add an explanation shown after the label."""
         self.comment = text
+        self.comment_after += f"<span class='info'>({text})</span>"
         return self
+
+    def link(self, label: str, url: str) -> "OptionInfo":
+        """Add a `[label]` link shown before the label."""
+        self.comment_before += f"[<a href='{url}' target='_blank'>{label}</a>]"
+        return self
+
+    def js(self, label: str, js_func: str) -> "OptionInfo":
+        self.comment_before += f"[<a onclick='{js_func}(); return false'>{label}</a>]"
+        return self
+
+    def html(self, html: str) -> "OptionInfo":
+        self.comment_after += html
+        return self
+
+    def needs_restart(self) -> "OptionInfo":
+        self.comment_after += " <span class='info'>(requires restart)</span>"
+        return self
+
+    def needs_reload_ui(self) -> "OptionInfo":
+        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self
+
+
+class OptionHTML(OptionInfo):
+    """A block of HTML among the settings; it stores nothing."""
+
+    def __init__(self, text: str):
+        super().__init__(str(text).strip(), label="", do_not_save=True)
+
+
+def options_section(section_identifier: tuple, options_dict: dict[str, OptionInfo]) -> dict[str, OptionInfo]:
+    """Put every option of `options_dict` in the settings section `(id, label)`, or
+    `(id, label, category_id)`; returns `options_dict` (A1111's helper)."""
+    for info in options_dict.values():
+        info.section = tuple(section_identifier[:2])
+        if len(section_identifier) == 3:
+            info.category_id = section_identifier[2]
+    return options_dict
 
 
 def _sections() -> dict[str, dict[str, OptionInfo]]:
@@ -358,7 +409,9 @@ class Options:
         return data[name] if name in data else labels[name].default
 
     def get_default(self, key: str) -> Any:
-        return self.data_labels[key].default
+        """The default of option `key`; None for a key that is not an option (A1111 behaviour)."""
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
 
     def effective(self) -> dict[str, Any]:
         """Every option with its value as seen from the current context."""
@@ -401,8 +454,36 @@ class Options:
         """Register an option (extensions call this from `on_ui_settings`)."""
         self.data_labels[key] = info
 
-    def onchange(self, key: str, func: Callable[[], None]) -> None:
+    def onchange(self, key: str, func: Callable[[], None], call: bool = False) -> None:
+        """Call `func` whenever option `key` changes; with `call`, also once now.
+
+        A1111's `call` defaults to True; Serena's own callers register hooks that must not run
+        at registration, so the default here is False (extensions that rely on the immediate
+        call pass `call=True` or get a call on the first change)."""
         self.data_labels[key].onchange = func
+        if call:
+            func()
+
+    def cast_value(self, key: str, value: Any) -> Any:
+        """`value` (e.g. a string from an infotext) converted to the type of option `key`'s default
+        (A1111 name); unknown keys and None pass through unchanged."""
+        info = self.data_labels.get(key)
+        if info is None or value is None or info.default is None:
+            return value
+        default = info.default
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+        if isinstance(default, int):
+            return int(float(value))
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return str(value)
+        return value
+
+    def dumpjson(self) -> str:
+        """Every option's current value as JSON (A1111 name)."""
+        return json.dumps({k: getattr(self, k) for k in self.data_labels}, default=str)
 
     # --- per-job overrides ---------------------------------------------------------------------
     def validate_overrides(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -443,4 +524,10 @@ class Options:
         atomic_write_text(filename, json.dumps(self.data, indent=4, ensure_ascii=False))
 
     def section_of(self, key: str) -> str:
-        return self._sections.get(key, "other")
+        if key in self._sections:
+            return self._sections[key]
+        info = self.data_labels.get(key)
+        section = getattr(info, "section", None)
+        if isinstance(section, (tuple, list)) and section:
+            return str(section[0])
+        return section if isinstance(section, str) and section else "other"

@@ -54,3 +54,12 @@ def data_paths(data_dir: str | None = None, models_dir: str | None = None) -> Da
     data = os.path.abspath(data_dir) if data_dir else script_path
     models = os.path.abspath(models_dir) if models_dir else os.path.join(data, "models")
     return DataPaths(data_path=data, models_path=models)
+
+
+def __getattr__(name: str):
+    """A1111's `modules.paths.data_path` / `models_path` (extensions import them): the current
+    data folders from `shared.data_paths`, which follow `--data-dir` / `--models-dir`."""
+    if name in ("data_path", "models_path"):
+        from modules import shared
+        return getattr(shared.data_paths, name)
+    raise AttributeError(f"module 'modules.paths' has no attribute {name!r}")

@@ -273,8 +273,17 @@ class ScriptRunner:
 
 
 @dataclass
+class ScriptFile:
+    """A script file to load: the folder it belongs to, its file name and its path (A1111 fields)."""
+
+    basedir: str
+    filename: str
+    path: str
+
+
+@dataclass
 class ScriptClassData:
-    """A Script subclass found while loading, with where it came from."""
+    """A Script subclass found while loading, with where it came from (A1111 fields)."""
 
     script_class: type
     path: str
@@ -289,17 +298,42 @@ scripts_postproc = None
 scripts_current: ScriptRunner | None = None
 
 
+def _default_basedir() -> str:
+    from modules import paths
+    return paths.script_path
+
+
+current_basedir: str | None = None
+"""The folder (webui root or extension) of the script file being loaded now; see `basedir()`."""
+
+
+def basedir() -> str:
+    """The folder of the extension (or the webui root) whose script is loading.
+
+    Scripts call this at import time to find files next to them, as in A1111; outside loading it
+    is the webui root.
+    """
+    return current_basedir or _default_basedir()
+
+
 def _import_file(path: str, basedir: str) -> Any:
-    """Import one script file as a module; the extension dir is on sys.path while it loads."""
-    name = f"serena_script_{abs(hash(path))}_{os.path.splitext(os.path.basename(path))[0]}"
+    """Import one script file as a module; the extension dir is on sys.path while it loads.
+
+    The module is named after the file, extension included ("xyz_grid.py"), as A1111 names
+    script modules: extensions find each other's scripts by `script_class.__module__`.
+    """
+    global current_basedir
+    name = os.path.basename(path)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import script {path}")
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, basedir)
+    previous, current_basedir = current_basedir, basedir
     try:
         spec.loader.exec_module(module)
     finally:
+        current_basedir = previous
         sys.path.remove(basedir)
     return module
 

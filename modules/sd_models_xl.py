@@ -56,6 +56,12 @@ class SdxlConditioner:
         for embedder in self.embedders:
             embedder.embedding_db = database
 
+    def to(self, *args: Any, **kwargs: Any) -> "SdxlConditioner":
+        """Move both text encoders (A1111 extensions call `sd_model.cond_stage_model.to(device)`)."""
+        for embedder in self.embedders:
+            embedder.to(*args, **kwargs)
+        return self
+
     def __getattr__(self, name: str) -> Any:
         # tokenize_line, get_prompt_token_count, tokenizer, chunk_length, …: the first encoder's
         if name.startswith("__") or name in ("embedders", "clip_l", "clip_g"):

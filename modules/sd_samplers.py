@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from modules import errors, sd_samplers_kdiffusion, sd_samplers_timesteps, sd_schedulers
-from modules.sd_samplers_common import SamplerData
+from modules.sd_samplers_common import SamplerData, sample_to_image, samples_to_image_grid  # noqa: F401 (A1111 re-exports)
 
 all_samplers: list[SamplerData] = [
     *sd_samplers_kdiffusion.samplers_data_k_diffusion,
@@ -25,6 +25,18 @@ for _s in all_samplers:
     samplers_map[_s.name.lower()] = _s.name
     for _alias in _s.aliases:
         samplers_map[_alias.lower()] = _s.name
+
+
+def set_samplers() -> None:
+    """Rebuild the name maps from `all_samplers` (A1111 name; extensions call it after appending
+    their own `SamplerData` to `all_samplers`). The lists and maps are updated in place."""
+    all_samplers_map.clear()
+    all_samplers_map.update({x.name: x for x in all_samplers})
+    samplers_map.clear()
+    for data in all_samplers:
+        samplers_map[data.name.lower()] = data.name
+        for alias in data.aliases:
+            samplers_map[alias.lower()] = data.name
 
 
 def _unknown_sampler(name: Any) -> errors.UnknownSampler:

@@ -229,3 +229,37 @@ def apply_refiner(cfg_denoiser: Any, sigma: Any = None) -> bool:
     sampler.sampler_extra_args["uncond"] = uncond
     return True
 
+
+
+# --- A1111's latent → picture helpers (extensions showing previews call them) --------------------------
+approximation_indexes = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3}
+"""A1111's live-preview decoders; Serena decodes every preview with the full VAE."""
+
+
+def single_sample_to_image(sample: torch.Tensor, approximation: int | None = None) -> Any:
+    """One latent (C×H×W) → RGB PIL image, decoded with the current model's VAE."""
+    from modules import processing
+    decoded = processing.decode_first_stage(shared.sd_model, sample.unsqueeze(0))[0]
+    return processing.sample_to_image(torch.clamp((decoded.float() + 1.0) / 2.0, 0.0, 1.0))
+
+
+def sample_to_image(samples: torch.Tensor, index: int = 0, approximation: int | None = None) -> Any:
+    """Latent `index` of a batch → RGB PIL image."""
+    return single_sample_to_image(samples[index], approximation)
+
+
+def samples_to_image_grid(samples: torch.Tensor, approximation: int | None = None) -> Any:
+    """Every latent of a batch, decoded, as one grid image."""
+    from modules import images
+    return images.image_grid([single_sample_to_image(sample, approximation) for sample in samples])
+
+
+def images_tensor_to_samples(image: torch.Tensor, approximation: int | None = None, model: Any = None) -> torch.Tensor:
+    """Images in [0, 1] (B×3×H×W) → scaled latents of `model` (default: the current model)."""
+    from modules import processing
+    return processing.images_tensor_to_samples(image, model if model is not None else shared.sd_model)
+
+
+def store_latent(decoded: torch.Tensor) -> None:
+    """Make `decoded` (the latest latent) the state's current latent, as A1111's samplers do."""
+    shared.state.current_latent = decoded

@@ -12,6 +12,9 @@ from modules.samplers.utils import BrownianTreeNoiseSampler
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.sd_samplers_common import SamplerData
 
+CFGDenoiserKDiffusion = CFGDenoiser
+"""A1111's name for the CFG denoiser the k-diffusion samplers use (one class in Serena)."""
+
 # (display name, function, aliases, options) in A1111's /samplers order.
 samplers_k_diffusion: list[tuple[str, Any, list[str], dict[str, Any]]] = [
     ("DPM++ 2M", k.sample_dpmpp_2m, ["k_dpmpp_2m"], {"scheduler": "karras"}),

@@ -13,6 +13,9 @@ from modules.samplers import denoisers, timesteps as ts_impl
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.sd_samplers_common import SamplerData
 
+CFGDenoiserTimesteps = CFGDenoiser
+"""A1111's name for the CFG denoiser the timestep samplers use (one class in Serena)."""
+
 
 def ddim(model, x, timesteps, alphas_cumprod, extra_args=None, callback=None, disable=None, eta=0.0,
          noise_sampler=None):

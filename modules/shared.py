@@ -7,7 +7,11 @@ so importing any module in any order is safe. `shared.opts` reads resolve a runn
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import re
+import sys
+from typing import Any, Iterator
 
 from modules import cmd_args, options, paths, shared_state
 
@@ -16,16 +20,83 @@ data_paths: paths.DataPaths = paths.data_paths()
 opts = options.Options()
 state = shared_state.State()
 OptionInfo = options.OptionInfo
+OptionHTML = options.OptionHTML
+options_section = options.options_section
+total_tqdm = shared_state.TotalTQDM()
 prompt_styles = None  # a styles.StyleDatabase once webui.initialize() has read styles.csv
 
 # A1111 names kept for extensions.
 script_path = paths.script_path
+batch_cond_uncond = True  # Serena always batches cond and uncond
+parallel_processing_allowed = True
+xformers_available = False  # diffusers picks the attention implementation
+weight_load_location = None
+demo = None  # the Gradio Blocks once the UI is built
+settings_components: dict | None = None
+tab_names: list[str] = []
+restricted_opts: set[str] = set()
+hide_dirs: dict = {}
+clip_model = None
+gradio_theme = None
+mem_mon = None
+hf_endpoint = "https://huggingface.co"
+progress_print_out = sys.stdout
+log = logging.getLogger("sd")
+latent_upscale_default_mode = "Latent"
+
+
+def natural_sort_key(s: str, regex: re.Pattern = re.compile(r"([0-9]+)")) -> list:
+    """Sort key that orders "img2" before "img10" (case-insensitive)."""
+    return [int(text) if text.isdigit() else text.lower() for text in regex.split(s)]
+
+
+def listfiles(dirname: str) -> list[str]:
+    """Paths of the files (not folders, not hidden) directly in `dirname`, naturally sorted."""
+    names = [n for n in sorted(os.listdir(dirname), key=natural_sort_key) if not n.startswith(".")]
+    return [os.path.join(dirname, n) for n in names if os.path.isfile(os.path.join(dirname, n))]
+
+
+def walk_files(path: str, allowed_extensions: list[str] | None = None) -> Iterator[str]:
+    """Every file under `path` (recursively), optionally only those with one of `allowed_extensions`."""
+    if not os.path.exists(path):
+        return
+    allowed = {e.lower() for e in allowed_extensions} if allowed_extensions else None
+    for root, _, files in os.walk(path, followlinks=True):
+        for filename in sorted(files, key=natural_sort_key):
+            if allowed is not None and os.path.splitext(filename)[1].lower() not in allowed:
+                continue
+            yield os.path.join(root, filename)
+
+
+def list_checkpoint_tiles(use_short: bool = False) -> list[str]:
+    from modules import sd_models
+    return sd_models.checkpoint_tiles(use_short)
+
+
+def refresh_checkpoints() -> None:
+    from modules import sd_models
+    sd_models.list_models()
+
+
+def list_samplers() -> list:
+    from modules import sd_samplers
+    return sd_samplers.all_samplers
 
 
 def __getattr__(name: str) -> Any:
     if name == "sd_model":
         from modules import sd_models
         return sd_models.model_data.sd_model
+    if name == "device":
+        from modules import devices
+        return devices.device
+    if name == "latent_upscale_modes":
+        from modules import upscaling
+        return upscaling.latent_upscale_modes
+    if name == "styles_filename":  # A1111: a list of styles files
+        return cmd_opts.styles_file or [data_paths.styles_file]
+    if name == "config_filename":  # A1111: where opts are saved
+        return cmd_opts.ui_settings_file or data_paths.config_file
     if name in ("data_path", "models_path"):
         return getattr(data_paths, name)
     if name == "sd_upscalers":

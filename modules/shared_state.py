@@ -69,6 +69,26 @@ class State:
         self.sampling_step = 0
         self.current_image_sampling_step = 0
 
+    # --- A1111 names extensions call --------------------------------------------------------------
+    need_restart = False
+    server_command: str | None = None
+
+    def request_restart(self) -> None:
+        self.interrupt()
+        self.server_command = "restart"
+
+    def assign_current_image(self, image: Any) -> None:
+        """Make `image` the live preview."""
+        self.current_image = image
+        self.id_live_preview += 1
+
+    def set_current_image(self) -> None:
+        """A1111 decodes a live preview here every few steps; Serena's previews come from the
+        progress route, so there is nothing to do."""
+
+    def do_set_current_image(self) -> None:
+        """See `set_current_image`."""
+
     def sampling_callback(self, step: int, total: int) -> None:
         """Record that sampling step `step` (0-based) of `total` finished."""
         self.sampling_step = step + 1
@@ -95,3 +115,45 @@ class State:
             "sampling_step": self.sampling_step,
             "sampling_steps": self.sampling_steps,
         }
+
+
+class TotalTQDM:
+    """A second console progress bar for a whole job (A1111's `shared.total_tqdm`), shown when the
+    option `multiple_tqdm` is on. Extensions that run their own loops call `update`/`updateTotal`."""
+
+    def __init__(self) -> None:
+        self._tqdm: Any = None
+
+    @staticmethod
+    def _enabled() -> bool:
+        from modules import shared
+        try:
+            return bool(shared.opts.multiple_tqdm) and not getattr(shared.cmd_opts, "disable_console_progressbars", False)
+        except AttributeError:
+            return False
+
+    def reset(self) -> None:
+        from modules import shared
+        import tqdm
+        self._tqdm = tqdm.tqdm(desc="Total progress", total=shared.state.job_count * shared.state.sampling_steps,
+                               position=1)
+
+    def update(self) -> None:
+        if not self._enabled():
+            return
+        if self._tqdm is None:
+            self.reset()
+        self._tqdm.update()
+
+    def updateTotal(self, new_total: int) -> None:  # noqa: N802 (A1111 name)
+        if not self._enabled():
+            return
+        if self._tqdm is None:
+            self.reset()
+        self._tqdm.total = new_total
+
+    def clear(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.refresh()
+            self._tqdm.close()
+            self._tqdm = None

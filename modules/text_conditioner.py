@@ -303,6 +303,12 @@ class ClipConditioner:
 
     # ---- chunks → tensors ----
 
+    def to(self, *args: Any, **kwargs: Any) -> "ClipConditioner":
+        """Move the text encoder (A1111 extensions call `sd_model.cond_stage_model.to(device)`)."""
+        if self.text_encoder is not None:
+            self.text_encoder.to(*args, **kwargs)
+        return self
+
     @property
     def device(self) -> torch.device:
         return next(self.text_encoder.parameters()).device

@@ -1,0 +1,127 @@
+"""`modules.sd_hijack` as extensions import it: `model_hijack` and a few module-level helpers.
+
+A1111 patches LDM's modules at load time ("hijacking" them) and keeps the state of that patching
+in `model_hijack`. Serena builds its models from diffusers/transformers parts and has nothing to
+patch, so `hijack` / `undo_hijack` are accepted and do nothing. What extensions actually read from
+`model_hijack` is real: the textual-inversion database (`embedding_db`), the prompt token counter
+(`get_prompt_lengths`), the per-job `comments` / `extra_generation_params`, and circular padding
+(`apply_circular`, over `modules.sd_tiling`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class StableDiffusionModelHijack:
+    """The object behind `model_hijack`, with A1111's attribute names."""
+
+    fixes = None
+    layers = None
+    circular_enabled = False
+    clip = None
+    optimization_method: str | None = None
+
+    def __init__(self) -> None:
+        self.comments: list[str] = []
+        self.extra_generation_params: dict[str, Any] = {}
+        self._circular_restore: list = []
+
+    # --- textual inversion ------------------------------------------------------------------------
+    @property
+    def embedding_db(self) -> Any:
+        """The process's textual-inversion database (`textual_inversion.embedding_db`)."""
+        from modules.textual_inversion import textual_inversion
+        return textual_inversion.embedding_db
+
+    # --- patching: nothing to do on diffusers models ----------------------------------------------
+    def hijack(self, m: Any) -> None:
+        """Accepted for compatibility; Serena's models need no patching."""
+
+    def undo_hijack(self, m: Any) -> None:
+        """Accepted for compatibility; see `hijack`."""
+        if self.circular_enabled:
+            self.apply_circular(False)
+
+    def redo_hijack(self, m: Any) -> None:
+        self.undo_hijack(m)
+        self.hijack(m)
+
+    def apply_optimizations(self, option: Any = None) -> None:
+        """Accepted for compatibility; diffusers picks its attention implementation itself."""
+
+    def convert_sdxl_to_ssd(self, m: Any) -> None:
+        raise NotImplementedError("SSD-1B conversion is not supported by Serena")
+
+    # --- per-job notes ------------------------------------------------------------------------------
+    def clear_comments(self) -> None:
+        self.comments = []
+        self.extra_generation_params = {}
+
+    # --- tiling -------------------------------------------------------------------------------------
+    def apply_circular(self, enable: bool) -> None:
+        """Switch the current model's convolutions to circular padding (seamless tiling) or back."""
+        enable = bool(enable)
+        if self.circular_enabled == enable:
+            return
+        from modules import sd_models, sd_tiling
+        if enable:
+            model = sd_models.model_data.sd_model
+            if model is None:
+                return
+            self._circular_restore = sd_tiling.set_tiling(model, True)
+        else:
+            for layer, mode in self._circular_restore:
+                layer.padding_mode = mode
+            self._circular_restore = []
+        self.circular_enabled = enable
+
+    # --- token counting -----------------------------------------------------------------------------
+    def get_prompt_lengths(self, text: str) -> tuple[Any, Any]:
+        """`(token count, target count)` of `text` with the current model's tokenizer, as the UI's
+        token counter shows them (target: whole chunks of 75). `("-", "-")` with no model loaded."""
+        from modules import sd_models, shared
+        model = sd_models.model_data.sd_model
+        if model is None:
+            return "-", "-"
+        conditioner = model.cond_stage_model
+        if hasattr(conditioner, "get_prompt_token_count"):
+            return conditioner.get_prompt_token_count(
+                text, emphasis=shared.opts.emphasis, comma_padding_backtrack=int(shared.opts.comma_padding_backtrack))
+        _, count = conditioner.tokenize_line(text)
+        return count, conditioner.get_target_prompt_token_count(count)
+
+
+model_hijack = StableDiffusionModelHijack()
+
+
+optimizers: list = []
+"""Cross-attention optimizations offered through `on_list_optimizers`, highest `priority` first."""
+current_optimizer = None
+
+
+def list_optimizers() -> list:
+    """Ask `on_list_optimizers` callbacks for optimizations and keep them in `optimizers`.
+
+    Serena has no built-in ones (diffusers picks the attention implementation), and it does not
+    apply an extension's optimization: `apply_optimizations` only reports the choice.
+    """
+    from modules import script_callbacks
+    found = script_callbacks.list_optimizers_callback()
+    optimizers[:] = sorted(found, key=lambda x: getattr(x, "priority", 0), reverse=True)
+    return optimizers
+
+
+def apply_optimizations(option: Any = None) -> str:
+    """Nothing is applied (see `list_optimizers`); returns "" like A1111 with no optimization."""
+    return ""
+
+
+def undo_optimizations() -> None:
+    pass
+
+
+def fix_checkpoint() -> None:
+    """Kept for extensions that call it; there is nothing to fix."""
