@@ -43,16 +43,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import checkpoint_load  # noqa: E402  (the full-size SDXL configs live there)
+
 REQUIRED_RATIO = 2.0
 RANK, ALPHA = 32, 16.0
-SDXL_UNET = {
-    "in_channels": 4, "out_channels": 4, "block_out_channels": (320, 640, 1280), "layers_per_block": 2,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    "cross_attention_dim": 2048, "attention_head_dim": (5, 10, 20), "use_linear_projection": True,
-    "transformer_layers_per_block": (0, 2, 10), "class_embed_type": "projection",
-    "projection_class_embeddings_input_dim": 2816, "addition_embed_type": None,
-}
+SDXL_UNET = {**checkpoint_load.SDXL_UNET, "addition_embed_type": None}  # the full-size SDXL UNet
 LORA_SUFFIXES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
 

@@ -20,8 +20,6 @@ decoding with variances (0.1, 0.2), a confidence threshold (0.8), then NMS at Io
 from __future__ import annotations
 
 import math
-import os
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules import errors
+from modules.fileio import FileModelCache
 
 MIN_SIZES: tuple[tuple[int, int], ...] = ((16, 32), (64, 128), (256, 512))
 STEPS: tuple[int, ...] = (8, 16, 32)
@@ -277,29 +276,15 @@ def detect(net: RetinaFace, bgr: np.ndarray, conf_threshold: float = 0.8,
                       points[i].view(5, 2).numpy().astype(np.float64)) for i in keep]
 
 
-_cache: dict[str, tuple[tuple[int, int], RetinaFace]] = {}
-_lock = threading.Lock()
+_cache = FileModelCache(size=1)
 
 
 def cached_detector(path: str) -> RetinaFace:
     """:func:`load_retinaface`, cached by path, modification time and size."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise errors.CheckpointNotFound(f"face detector file not found: {path!r}") from e
-    key, stamp = os.path.abspath(path), (st.st_mtime_ns, st.st_size)
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-    net = load_retinaface(path)
-    with _lock:
-        _cache.clear()
-        _cache[key] = (stamp, net)
-    return net
+    return _cache.get(path, lambda: load_retinaface(path),
+                      missing=lambda e: errors.CheckpointNotFound(f"face detector file not found: {path!r}"))
 
 
 def clear_cache() -> None:
     """Drop the loaded detector."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()

@@ -17,7 +17,6 @@ zeroed, and the result is scaled to ``[0, 1]``.
 from __future__ import annotations
 
 import os
-import threading
 
 import cv2
 import numpy as np
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modules import errors
+from modules.fileio import FileModelCache
 
 PARSENET_FILE = "parsing_parsenet.pth"
 FACE_CLASSES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15)
@@ -149,29 +149,17 @@ def load_parsenet(path: str) -> ParseNet:
     return net.float().eval()
 
 
-_cache: dict[str, tuple[tuple[int, int], ParseNet]] = {}
-_lock = threading.Lock()
+_cache = FileModelCache(size=1)
 
 
 def cached_parser(path: str) -> ParseNet | None:
     """:func:`load_parsenet` cached by path, mtime and size; None when the file is absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
+    if not os.path.exists(path):
         return None
-    key, stamp = os.path.abspath(path), (st.st_mtime_ns, st.st_size)
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-    net = load_parsenet(path)
-    with _lock:
-        _cache.clear()
-        _cache[key] = (stamp, net)
-    return net
+    return _cache.get(path, lambda: load_parsenet(path),
+                      missing=lambda e: errors.CheckpointNotFound(f"face parsing file not found: {path!r}"))
 
 
 def clear_cache() -> None:
     """Drop the loaded parser."""
-    with _lock:
-        _cache.clear()
+    _cache.clear()

@@ -27,7 +27,6 @@ CodeFormer comes from ``spandrel_extra_arches``) and cached by path, modificatio
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from modules import errors
+from modules.fileio import FileModelCache
 
 FACE_SIZE = 512
 FFHQ_TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
@@ -249,8 +249,7 @@ def check_available(name: str | None, models_path: str | None = None, field: str
     return spec
 
 
-_cache: dict[str, tuple[tuple[int, int], Any]] = {}
-_lock = threading.Lock()
+_cache = FileModelCache(size=2)
 
 
 def load_restorer(spec: RestorerSpec, path: str) -> Any:
@@ -260,27 +259,19 @@ def load_restorer(spec: RestorerSpec, path: str) -> Any:
         errors.CheckpointNotFound, errors.CheckpointLoadError: naming ``path`` (unreadable, pickled
             code, or not a ``spec.architecture`` model).
     """
-    from modules import spandrel_loader, upscaler_spandrel
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise errors.CheckpointNotFound(f"face restoration model file not found: {path!r}") from e
-    key, stamp = os.path.abspath(path), (st.st_mtime_ns, st.st_size)
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-    spandrel_loader.install_extra_architectures()
-    descriptor = spandrel_loader.load_descriptor(upscaler_spandrel.read_state_dict(path), path)
-    if descriptor.architecture.id != spec.architecture:
-        raise errors.CheckpointLoadError(f"{path!r} is a {descriptor.architecture.id} model; "
-                                         f"{spec.name} needs a {spec.architecture} model")
-    descriptor.to(torch.device("cpu"))
-    descriptor.to(torch.float32)
-    descriptor.eval()
-    with _lock:
-        _cache[key] = (stamp, descriptor)
-    return descriptor
+    def load() -> Any:
+        from modules import spandrel_loader, upscaler_spandrel
+        spandrel_loader.install_extra_architectures()
+        descriptor = spandrel_loader.load_descriptor(upscaler_spandrel.read_state_dict(path), path)
+        if descriptor.architecture.id != spec.architecture:
+            raise errors.CheckpointLoadError(f"{path!r} is a {descriptor.architecture.id} model; "
+                                             f"{spec.name} needs a {spec.architecture} model")
+        descriptor.to(torch.device("cpu"))
+        descriptor.to(torch.float32)
+        return descriptor.eval()
+
+    return _cache.get(path, load, extra_key=spec.architecture, missing=lambda e: errors.CheckpointNotFound(
+        f"face restoration model file not found: {path!r}"))
 
 
 def restore_function(spec: RestorerSpec, descriptor: Any, codeformer_weight: float) -> RestoreFace:
@@ -317,8 +308,7 @@ def restore_faces(np_image: np.ndarray) -> np.ndarray:
 def clear_cache() -> None:
     """Drop the loaded restorers and detector."""
     from modules import face_detection, face_parsing
-    with _lock:
-        _cache.clear()
+    _cache.clear()
     face_detection.clear_cache()
     face_parsing.clear_cache()
 

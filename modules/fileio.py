@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, IO
+from typing import IO, Any, Callable
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
@@ -72,3 +72,46 @@ def atomic_save(path: str, save: Callable[[str], None], *, overwrite: bool = Tru
         except FileNotFoundError:
             pass
         raise
+
+
+class FileModelCache:
+    """Models loaded from files, kept while the file is unchanged (same path, mtime and size); at
+    most `size` of them, the least recently used dropped first. Thread-safe; a load runs outside
+    the lock, so two threads may load the same file once each (the later one is kept)."""
+
+    def __init__(self, size: int = 1):
+        import collections
+        import threading
+        self.size = size
+        self._items: "collections.OrderedDict[Any, tuple[tuple[int, int], Any]]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, load: Callable[[], Any], *, missing: Callable[[OSError], Exception],
+            extra_key: Any = None) -> Any:
+        """The cached model of `path`, else `load()`'s result, cached.
+
+        Raises:
+            The exception `missing(error)` returns when `path` cannot be stat'ed.
+        """
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise missing(e) from e
+        key, stamp = (os.path.abspath(path), extra_key), (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] == stamp:
+                self._items.move_to_end(key)
+                return hit[1]
+        model = load()
+        with self._lock:
+            self._items[key] = (stamp, model)
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return model
+
+    def clear(self) -> None:
+        """Drop every cached model."""
+        with self._lock:
+            self._items.clear()

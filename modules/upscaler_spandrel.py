@@ -24,8 +24,6 @@ lands on the exact size with Lanczos, as A1111 does.
 from __future__ import annotations
 
 import os
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +32,7 @@ import torch
 from PIL import Image
 
 from modules import errors
+from modules.fileio import FileModelCache
 
 EXTENSIONS = (".pth", ".pt", ".safetensors")
 CACHE_SIZE = 2
@@ -206,8 +205,7 @@ def check_descriptor(descriptor: Any, path: str, folder: ModelFolder) -> None:
             f"an upscaler needs RGB in and out")
 
 
-_cache: OrderedDict[tuple[str, str], tuple[tuple[int, int], Any]] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache = FileModelCache(size=CACHE_SIZE)
 
 
 def load_model(path: str, folder: ModelFolder) -> Any:
@@ -217,34 +215,22 @@ def load_model(path: str, folder: ModelFolder) -> Any:
         errors.CheckpointNotFound, errors.CheckpointLoadError: see :func:`read_state_dict` and
             :func:`check_descriptor`; each names the file.
     """
-    from modules import devices, spandrel_loader
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise errors.CheckpointNotFound(f"upscaler model file not found: {path!r}") from e
-    key, stamp = (os.path.abspath(path), folder.folder), (st.st_mtime_ns, st.st_size)
-    with _cache_lock:
-        hit = _cache.get(key)
-        if hit is not None and hit[0] == stamp:
-            _cache.move_to_end(key)
-            return hit[1]
-    descriptor = spandrel_loader.load_descriptor(read_state_dict(path), path)
-    check_descriptor(descriptor, path, folder)
-    descriptor.to(devices.cpu)
-    descriptor.to(torch.float32)
-    descriptor.eval()
-    with _cache_lock:
-        _cache[key] = (stamp, descriptor)
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return descriptor
+    def load() -> Any:
+        from modules import devices, spandrel_loader
+        descriptor = spandrel_loader.load_descriptor(read_state_dict(path), path)
+        check_descriptor(descriptor, path, folder)
+        descriptor.to(devices.cpu)
+        descriptor.to(torch.float32)
+        descriptor.eval()
+        return descriptor
+
+    return _cache.get(path, load, extra_key=folder.folder,
+                      missing=lambda e: errors.CheckpointNotFound(f"upscaler model file not found: {path!r}"))
 
 
 def clear_cache() -> None:
     """Drop every loaded model."""
-    with _cache_lock:
-        _cache.clear()
+    _cache.clear()
 
 
 # --- inference ------------------------------------------------------------------------------------

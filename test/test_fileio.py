@@ -48,3 +48,28 @@ def test_atomic_save_publishes_whole_files_and_never_replaces_unless_asked(tmp_p
     fileio.atomic_save(str(target), lambda tmp: open(tmp, "wb").write(b"second"))
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.safetensors"]  # no temporary left
+
+
+def test_file_model_cache_reloads_a_changed_file_and_keeps_the_most_recent(tmp_path):
+    import os
+    from modules.fileio import FileModelCache
+    loads = []
+    cache = FileModelCache(size=1)
+    a, b = tmp_path / "a.pth", tmp_path / "b.pth"
+    a.write_bytes(b"1")
+    b.write_bytes(b"2")
+
+    def get(path):
+        return cache.get(str(path), lambda: loads.append(path.name) or path.read_bytes(),
+                         missing=lambda e: LookupError(str(path)))
+
+    assert get(a) == b"1" and get(a) == b"1" and loads == ["a.pth"]
+    a.write_bytes(b"11")  # another size: loaded again
+    assert get(a) == b"11" and loads == ["a.pth", "a.pth"]
+    get(b)
+    get(a)  # b pushed a out (size 1)
+    assert loads == ["a.pth", "a.pth", "b.pth", "a.pth"]
+    os.remove(b)
+    import pytest
+    with pytest.raises(LookupError):
+        get(b)
