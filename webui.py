@@ -7,7 +7,6 @@ A1111's own test setup does). Importing this module does nothing.
 from __future__ import annotations
 
 import argparse
-import os
 
 from modules import cmd_args, paths, shared
 
@@ -19,7 +18,7 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
         cmd_opts: parsed flags; defaults to `cmd_args.defaults()` (no flags given).
         load_model: load the selected checkpoint now; defaults to `not --skip-load-model-at-start`.
     """
-    from modules import call_queue, demo_checkpoint, devices, scripts, sd_models, styles
+    from modules import call_queue, demo_checkpoint, devices, sd_models, styles
 
     shared.cmd_opts = cmd_opts if cmd_opts is not None else cmd_args.defaults()
     shared.data_paths = paths.data_paths(shared.cmd_opts.data_dir, shared.cmd_opts.models_dir)
@@ -36,28 +35,25 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
         demo_checkpoint.ensure_demo_checkpoint(shared.data_paths.sd_model_dir)  # says its weights are random
         sd_models.list_models()
 
-    scripts.load_scripts(script_folders())
+    load_extensions()
     if load_model if load_model is not None else not shared.cmd_opts.skip_load_model_at_start:
         sd_models.load_model()
 
 
+def load_extensions() -> None:
+    """Discover extensions, run the changed `install.py`s (unless `--skip-install`), then load the
+    root `scripts/` and every active extension's `scripts/` (A1111's order)."""
+    from modules import extensions, scripts
+    extensions.list_extensions()
+    if getattr(shared.cmd_opts, "skip_install", False):
+        extensions.failed_installs.clear()
+    else:
+        extensions.run_extensions_installers()
+    scripts.load_scripts()
+
+
 def config_file() -> str:
     return shared.cmd_opts.ui_settings_file or shared.data_paths.config_file
-
-
-def script_folders() -> list[str]:
-    """`scripts/` of the install, then each enabled extension's `scripts/`, in sorted order."""
-    folders = [os.path.join(paths.script_path, "scripts")]
-    if shared.cmd_opts.disable_all_extensions or shared.opts.disable_all_extensions == "all":
-        return folders
-    ext_root = os.path.join(shared.data_paths.data_path, "extensions")
-    if os.path.isdir(ext_root):
-        disabled = set(shared.opts.disabled_extensions or [])
-        for name in sorted(os.listdir(ext_root)):
-            folder = os.path.join(ext_root, name, "scripts")
-            if name not in disabled and os.path.isdir(folder):
-                folders.append(folder)
-    return folders
 
 
 def server_address(cmd_opts: argparse.Namespace) -> tuple[str, int]:

@@ -85,14 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parser_with_extensions(args: list[str]) -> argparse.ArgumentParser:
+    """`build_parser()` plus the flags extensions add in their `preload.py` (A1111 runs every
+    enabled extension's `preload(parser)` before parsing). `--data-dir`, `--ui-settings-file` and
+    the two disable flags are read from `args` first, to find the extensions and their settings."""
+    from modules import extensions
+    parser = build_parser()
+    early, _ = parser.parse_known_args([a for a in args if a not in ("-h", "--help")])
+    settings = early.ui_settings_file or os.path.join(
+        os.path.abspath(early.data_dir) if early.data_dir else _script_path(), "config.json")
+    folders = extensions.preload_folders(early.data_dir, settings, disable_all=early.disable_all_extensions,
+                                         disable_extra=early.disable_extra_extensions)
+    extensions.preload_extensions(folders, parser)
+    return parser
+
+
+def _script_path() -> str:
+    from modules import paths
+    return paths.script_path
+
+
 def parse(argv: list[str] | None = None, *, environ: dict[str, str] | None = None) -> argparse.Namespace:
-    """Parse `argv` plus the `COMMANDLINE_ARGS` environment variable, as A1111 does.
+    """Parse `argv` plus the `COMMANDLINE_ARGS` environment variable, as A1111 does, after the
+    extensions' `preload.py` added their flags.
 
     Unknown flags are an error, naming the flag, unless `IGNORE_CMD_ARGS_ERRORS` is set.
     """
     env = os.environ if environ is None else environ
     args = list(argv or []) + shlex.split(env.get("COMMANDLINE_ARGS", ""))
-    parser = build_parser()
+    parser = parser_with_extensions(args)
     if env.get("IGNORE_CMD_ARGS_ERRORS"):
         ns, _ = parser.parse_known_args(args)
         return ns
@@ -100,5 +121,6 @@ def parse(argv: list[str] | None = None, *, environ: dict[str, str] | None = Non
 
 
 def defaults() -> argparse.Namespace:
-    """Flags as they are with nothing given (what tests and `webui.initialize()` start from)."""
-    return build_parser().parse_args([])
+    """Flags as they are with nothing given (what tests and `webui.initialize()` start from),
+    including the defaults of extension flags."""
+    return parser_with_extensions([]).parse_args([])

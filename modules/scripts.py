@@ -338,14 +338,95 @@ def _import_file(path: str, basedir: str) -> Any:
     return module
 
 
-def load_scripts(folders: list[str]) -> list[ScriptClassData]:
-    """Import `<folder>/scripts/*.py` (or `<folder>/*.py` for a `scripts` folder) and register Scripts.
+def topological_sort(dependencies: dict[str, list[str]]) -> list[str]:
+    """Names in `dependencies` order, each after the names it depends on (cycles are broken)."""
+    visited: set[str] = set()
+    result: list[str] = []
 
-    Failing files are logged and skipped. The txt2img and img2img runners are rebuilt with a
+    def visit(name: str) -> None:
+        visited.add(name)
+        for dep in dependencies.get(name, []):
+            if dep in dependencies and dep not in visited:
+                visit(dep)
+        result.append(name)
+
+    for name in dependencies:
+        if name not in visited:
+            visit(name)
+    return result
+
+
+@dataclass
+class ScriptWithDependencies:
+    script_canonical_name: str
+    file: ScriptFile
+    requires: list
+    load_before: list
+    load_after: list
+
+
+def list_scripts(scriptdirname: str, extension: str, *, include_extensions: bool = True) -> list[ScriptFile]:
+    """The root's `<scriptdirname>/*<extension>` then each active extension's, sorted by the
+    extensions' metadata.ini `Requires` / `Before` / `After` (A1111's dependency order)."""
+    from modules import errors, extensions, paths
+    found: dict[str, ScriptWithDependencies] = {}
+    active = extensions.active() if include_extensions else []
+    by_extension: dict[str, list[ScriptWithDependencies]] = {ext.canonical_name: [] for ext in active}
+    root = os.path.join(paths.script_path, scriptdirname)
+    if os.path.isdir(root):
+        for filename in sorted(os.listdir(root)):
+            path = os.path.join(root, filename)
+            if os.path.isfile(path) and os.path.splitext(filename)[1].lower() == extension:
+                found[filename] = ScriptWithDependencies(filename, ScriptFile(paths.script_path, filename, path), [], [], [])
+    for ext in active:
+        for file in ext.list_files(scriptdirname, extension):
+            name = ("builtin/" if ext.is_builtin else "") + ext.canonical_name + "/" + file.filename
+            relative = scriptdirname + "/" + file.filename
+            meta = ext.metadata
+            item = ScriptWithDependencies(name, file, meta.get_script_requirements("Requires", relative, scriptdirname),
+                                          meta.get_script_requirements("Before", relative, scriptdirname),
+                                          meta.get_script_requirements("After", relative, scriptdirname))
+            found[name] = item
+            by_extension[ext.canonical_name].append(item)
+    for name, item in found.items():
+        for before in item.load_before:  # "load me before X": X loads after me
+            if before in found:
+                found[before].load_after.append(name)
+            for other in by_extension.get(before, []):
+                other.load_after.append(name)
+        for after in list(item.load_after):  # an extension name stands for all its scripts
+            if after not in found and after in by_extension:
+                item.load_after.remove(after)
+                item.load_after.extend(other.script_canonical_name for other in by_extension[after])
+    dependencies = {}
+    for name, item in found.items():
+        for required in item.requires:
+            if required not in found and required not in by_extension:
+                errors.report(f'Script "{name}" requires "{required}" to be loaded, but it is not.')
+        dependencies[name] = item.load_after
+    return [found[name].file for name in topological_sort(dependencies)]
+
+
+def load_scripts(folders: list[str] | None = None) -> list[ScriptClassData]:
+    """Import script files and register every Script subclass they define.
+
+    With no `folders`: the webui root's `scripts/` and every active extension's `scripts/`, in
+    A1111's dependency order (`list_scripts`). With `folders`: `<folder>/scripts/*.py` (or
+    `<folder>/*.py` for a `scripts` folder) of each, in that order. A file that fails to import is
+    reported with its traceback and skipped. The txt2img and img2img runners are rebuilt with a
     fresh instance of every class found.
     """
-    found: list[ScriptClassData] = []
-    for folder in folders:
+    from modules import errors, script_callbacks
+    # A reload: the callbacks the previous script files registered go, so they are not doubled
+    # (A1111 clears every callback here; Serena's own registrations are kept).
+    previous = {os.path.realpath(d.path) for d in scripts_data}
+    if previous:
+        for callbacks in script_callbacks.callback_map.values():
+            callbacks[:] = [c for c in callbacks if os.path.realpath(c.script) not in previous]
+    files: list[ScriptFile] = []
+    if folders is None:
+        files = list_scripts("scripts", ".py")
+    for folder in folders or []:
         is_scripts_dir = os.path.basename(os.path.normpath(folder)) == "scripts"
         script_dir = folder if is_scripts_dir else os.path.join(folder, "scripts")
         if not os.path.isdir(script_dir):
@@ -353,16 +434,18 @@ def load_scripts(folders: list[str]) -> list[ScriptClassData]:
         basedir = os.path.dirname(os.path.normpath(script_dir))
         for filename in sorted(os.listdir(script_dir)):
             path = os.path.join(script_dir, filename)
-            if not filename.endswith(".py") or not os.path.isfile(path):
-                continue
-            try:
-                module = _import_file(path, basedir)
-            except Exception:
-                log.exception("error loading script %s", path)
-                continue
-            for obj in vars(module).values():
-                if isinstance(obj, type) and issubclass(obj, Script) and obj is not Script:
-                    found.append(ScriptClassData(obj, path, basedir, module))
+            if filename.endswith(".py") and os.path.isfile(path):
+                files.append(ScriptFile(basedir, filename, path))
+    found: list[ScriptClassData] = []
+    for file in files:
+        try:
+            module = _import_file(file.path, file.basedir)
+        except Exception:
+            errors.report(f"Error loading script: {file.path}", exc_info=True)
+            continue
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Script) and obj is not Script:
+                found.append(ScriptClassData(obj, file.path, file.basedir, module))
     scripts_data[:] = found
     _rebuild_runners()
     return found

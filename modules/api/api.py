@@ -442,8 +442,19 @@ class Api:
                     out.append(info if isinstance(info, dict) else dataclasses.asdict(info))
         return out
 
-    async def get_extensions_list(self) -> list:
-        return []
+    def get_extensions_list(self) -> list[dict[str, Any]]:
+        """Every installed extension that is a git checkout with a remote (A1111 lists only those),
+        enabled or not, with its git fields read locally."""
+        from modules import extensions
+        extensions.list_extensions()
+        out = []
+        for ext in extensions.extensions:
+            ext.read_info_from_repo()
+            if ext.remote is not None:
+                out.append({"name": ext.name, "remote": ext.remote, "branch": ext.branch,
+                            "commit_hash": ext.commit_hash, "commit_date": ext.commit_date,
+                            "version": ext.version, "enabled": ext.enabled})
+        return out
 
     def get_loras(self) -> list[dict[str, Any]]:
         from modules import lora_networks

@@ -324,7 +324,7 @@ class ScriptInfo(BaseModel):
 class ExtensionItem(BaseModel):
     name: str
     remote: str
-    branch: str
+    branch: Optional[str] = None  # None on a detached head
     commit_hash: str
     version: str
     commit_date: int
