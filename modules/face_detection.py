@@ -240,17 +240,27 @@ def load_retinaface(path: str) -> RetinaFace:
         errors.CheckpointLoadError: truncated, not a RetinaFace-ResNet50 file (the message names
             ``path`` and the first missing/unexpected keys or mismatched shapes).
     """
+    return load_network_file(path, RetinaFace(), "a RetinaFace-ResNet50 face detector")
+
+
+def load_network_file(path: str, net: torch.nn.Module, what: str) -> torch.nn.Module:
+    """`net` (float32, eval) with the weights of the pickled/safetensors file `path`, whose keys and
+    shapes must match exactly (a `module.` prefix and BatchNorm step counters are ignored).
+
+    Raises:
+        errors.CheckpointLoadError: naming `path`, `what` it should be, and the first missing,
+            unexpected or mis-shaped keys.
+    """
     from modules import safe_load
     state = strip_module_prefix(safe_load.load_state_dict(path))
-    net = RetinaFace()
     expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     wrong = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         raise errors.CheckpointLoadError(
-            f"{path!r} is not a RetinaFace-ResNet50 face detector: {len(missing)} missing keys "
-            f"({', '.join(missing[:3])}), {len(unexpected)} unexpected ({', '.join(unexpected[:3])}), "
+            f"{path!r} is not {what}: {len(missing)} missing keys ({', '.join(missing[:3])}), "
+            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}), "
             f"{len(wrong)} with other shapes ({', '.join(wrong[:3])})")
     net.load_state_dict({k: v.float() for k, v in given.items()}, strict=False)
     return net.float().eval()

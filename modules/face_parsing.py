@@ -132,21 +132,8 @@ def load_parsenet(path: str) -> ParseNet:
     Raises:
         errors.CheckpointNotFound, errors.CheckpointLoadError: naming ``path``.
     """
-    from modules import safe_load
-    state = safe_load.load_state_dict(path)
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-    net = ParseNet()
-    expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    given = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
-    wrong = [k for k in expected if k in given and tuple(given[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        raise errors.CheckpointLoadError(
-            f"{path!r} is not a ParseNet face parser: {len(missing)} missing keys ({', '.join(missing[:3])}), "
-            f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}), {len(wrong)} with other shapes "
-            f"({', '.join(wrong[:3])})")
-    net.load_state_dict({k: v.float() for k, v in given.items()}, strict=False)
-    return net.float().eval()
+    from modules import face_detection
+    return face_detection.load_network_file(path, ParseNet(), "a ParseNet face parser")
 
 
 _cache = FileModelCache(size=1)
