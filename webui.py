@@ -36,7 +36,8 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
         sd_models.list_models()
 
     load_extensions()
-    if load_model if load_model is not None else not shared.cmd_opts.skip_load_model_at_start:
+    skip = shared.cmd_opts.skip_load_model_at_start or getattr(shared.cmd_opts, "ui_debug_mode", False)
+    if load_model if load_model is not None else not skip:
         sd_models.load_model()
 
 
@@ -64,16 +65,20 @@ def server_address(cmd_opts: argparse.Namespace) -> tuple[str, int]:
 
 
 def create_app():
-    """The one FastAPI app: `/sdapi/v1` routes first, then (unless `--nowebui`) the Gradio UI at `/`.
+    """The one FastAPI app: `/sdapi/v1` routes, then the `on_app_started` callbacks (extension routes,
+    behind the API's auth), then (unless `--nowebui`) the Gradio UI at `/`.
 
-    The order matters: routes added after a Gradio mount at `/` would be shadowed by it.
+    The order matters: routes added after a Gradio mount at "/" would be shadowed by it.
     """
-    from modules.api.app import build_app
+    from modules.api.app import build_app, run_app_started
     app = build_app(shared.cmd_opts)
-    if not shared.cmd_opts.nowebui:
-        from modules import ui
-        app = ui.mount(app)
-    return app
+    if shared.cmd_opts.nowebui:
+        run_app_started(app, None)
+        return app
+    from modules import ui
+    blocks = ui.create_ui()
+    run_app_started(app, blocks)
+    return ui.mount(app, blocks=blocks)
 
 
 def start(cmd_opts: argparse.Namespace) -> None:

@@ -7,5 +7,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 # shellcheck source=.ci/setup_env.sh
-source .ci/setup_env.sh requirements.txt
+source .ci/setup_env.sh requirements.txt || exit 1
 exec "$SERENA_PYTHON" launch.py "$@"

@@ -13,10 +13,17 @@ want="$(cat requirements.txt "$req_file" requirements-nodeps.txt | sha256sum | c
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "Installing pinned requirements from $req_file into venv/ (the first time downloads about 1 GB;"
   echo "pip lists each package as it goes)"
-  venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -r "$req_file"
-  # Packages whose declared dependencies must not come along (spandrel's torchvision: see the file).
-  venv/bin/python -m pip install --disable-pip-version-check --progress-bar on --no-deps -r requirements-nodeps.txt
-  echo "$want" > "$stamp"
+  # The stamp is written only when both installs succeed, so a failed or interrupted install is
+  # retried on the next run instead of leaving a half-filled venv marked as ready.
+  if venv/bin/python -m pip install --disable-pip-version-check --progress-bar on -r "$req_file" &&
+     # Packages whose declared dependencies must not come along (spandrel's torchvision: see the file).
+     venv/bin/python -m pip install --disable-pip-version-check --progress-bar on --no-deps -r requirements-nodeps.txt
+  then
+    echo "$want" > "$stamp"
+  else
+    echo "Installing the requirements failed (see pip's messages above)." >&2
+    return 1 2>/dev/null || exit 1
+  fi
 fi
 SERENA_PYTHON="$PWD/venv/bin/python"
 export SERENA_PYTHON

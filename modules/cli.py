@@ -168,11 +168,13 @@ def run(request: dict[str, Any], outdir: str | None = None):
 def main(argv: list[str]) -> int:
     """Entry point of `./webui.sh generate …`; returns the process exit code."""
     import webui
-    from modules import cmd_args, shared
+    from modules import cmd_args, launch_utils, shared
     parser = build_parser()
     ns, webui_flags = parser.parse_known_args(argv)
     try:
-        webui.initialize(cmd_args.parse(webui_flags))
+        flags = cmd_args.parse(webui_flags)
+        launch_utils.setup_logging(getattr(flags, "loglevel", None))
+        webui.initialize(flags)
         request = load_request(ns)
         with ProgressBar(shared.state):
             processed = run(request, outdir=ns.outdir)

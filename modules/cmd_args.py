@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 
@@ -30,17 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--styles-file", type=str, action="append", default=None, help="styles csv; repeatable")
     # devices and precision
     add("--use-cpu", nargs="+", default=[], help="modules to run on CPU: all, sd, interrogate, …")
-    add("--precision", choices=["full", "half", "autocast"], default="autocast", help="evaluate at this precision")
-    add("--no-half", action="store_true", help="keep the model in float32")
-    add("--no-half-vae", action="store_true", help="keep the VAE in float32")
-    add("--upcast-sampling", action="store_true", help="upcast sampling (accepted; Serena samples in the model dtype)")
+    add("--precision", choices=["full", "half", "autocast"], default="autocast",
+        help="evaluate at this precision; full = float32 everywhere (honoured by Serena)")
+    add("--no-half", action="store_true", help="keep the model in float32 (honoured by Serena)")
+    add("--no-half-vae", action="store_true", help="keep the VAE in float32 (honoured by Serena)")
+    add("--upcast-sampling", action="store_true",
+        help="upcast sampling; Serena samples in the model's dtype" + COMPAT)
     add("--device-id", type=str, default=None, help="CUDA device index")
-    add("--medvram", action="store_true"); add("--medvram-sdxl", action="store_true")
-    add("--lowvram", action="store_true"); add("--lowram", action="store_true")
+    for flag in ("--medvram", "--medvram-sdxl", "--lowvram", "--lowram"):
+        add(flag, action="store_true", help="memory mode; Serena keeps the whole model on its device" + COMPAT)
     for flag in ("--xformers", "--opt-sdp-attention", "--opt-sdp-no-mem-attention", "--opt-split-attention",
                  "--opt-split-attention-v1", "--opt-split-attention-invokeai", "--opt-sub-quad-attention",
-                 "--disable-opt-split-attention", "--disable-nan-check"):
-        add(flag, action="store_true", help="accepted for A1111 compatibility")
+                 "--disable-opt-split-attention"):
+        add(flag, action="store_true", help="cross-attention preference; diffusers picks the attention implementation"
+                                            + COMPAT)
+    add("--disable-nan-check", action="store_true",
+        help="do not check latents and decoded images for NaNs (honoured by Serena)")
     # launcher behaviour
     for flag in ("--skip-torch-cuda-test", "--skip-prepare-environment", "--skip-install",
                  "--skip-python-version-check", "--skip-version-check", "--reinstall-torch",
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, default=None, help="port (default 7860; 7861 with --nowebui)")
     add("--server-name", type=str, default=None, help="explicit host to bind")
     add("--api-auth", type=str, default=None, help='HTTP Basic credentials for the API: "u1:p1,u2:p2"')
-    add("--api-log", action="store_true", help="log one line per API request")
+    add("--api-log", action="store_true", help="log one line per API request (honoured by Serena)")
     add("--api-server-stop", action="store_true", help="enable server-kill / server-restart / server-stop")
     add("--gradio-auth", type=str, default=None, help='UI login "u:p,…"')
     add("--gradio-auth-path", type=str, default=None)
@@ -82,7 +88,109 @@ def build_parser() -> argparse.ArgumentParser:
     add("--share", action="store_true"); add("--ngrok", type=str, default=None)
     add("--autolaunch", action="store_true"); add("--theme", type=str, default=None)
     add("--no-gradio-queue", action="store_true")
+    _add_a1111_compat_flags(p)
     return p
+
+
+COMPAT = " (accepted for A1111 compatibility; Serena ignores it)"
+
+MODEL_PATH_FLAGS = {
+    "esrgan_models_path": "ESRGAN", "realesrgan_models_path": "RealESRGAN", "bsrgan_models_path": "BSRGAN",
+    "dat_models_path": "DAT", "gfpgan_models_path": "GFPGAN", "codeformer_models_path": "Codeformer",
+    "scunet_models_path": "ScuNET", "swinir_models_path": "SwinIR", "ldsr_models_path": "LDSR",
+    "lyco_dir_backcompat": "LyCORIS",
+}
+"""A1111's per-model-family folder flags → their folder under the models folder (A1111's default).
+Serena looks for the upscaler and face-restoration models it supports in its own folders under
+`<models-dir>` whatever these say; the flags are parsed, and filled with A1111's defaults, because
+extensions read them."""
+
+
+def _add_a1111_compat_flags(p: argparse.ArgumentParser) -> None:
+    """The rest of A1111 v1.10's flags, with its defaults: extensions read them from `shared.cmd_opts`.
+
+    Each help says whether Serena honours the flag or only accepts it.
+    """
+    add = p.add_argument
+    add("-f", action="store_true", help=argparse.SUPPRESS)  # A1111: allow running as root
+    # honoured by Serena
+    add("--loglevel", type=str, default=None,
+        help="log level: CRITICAL, ERROR, WARNING, INFO or DEBUG (Serena sets the root logger to it)")
+    add("--vae-path", type=str, default=None,
+        help="VAE file every model uses; while set, the sd_vae options are not consulted (honoured by Serena)")
+    add("--disable-safe-unpickle", action="store_true", default=False,
+        help="A1111: skip the pickle check. Serena never runs code from a pickled file, so with or "
+             "without this flag .ckpt/.pt files are read by its restricted loader" + COMPAT)
+    # folders: parsed (with A1111's defaults, filled by fill_derived_defaults) for extensions
+    for dest, folder in MODEL_PATH_FLAGS.items():  # A1111's Lora extension adds --lyco-dir-backcompat
+        add("--" + dest.replace("_", "-"), type=str, default=None,
+            help=f"folder with {folder} model files (default: <models-dir>/{folder})" + COMPAT)
+    add("--clip-models-path", type=str, default=None, help="folder with CLIP model files" + COMPAT)
+    add("--textual-inversion-templates-dir", type=str, default=None,
+        help="textual inversion templates (default: <install>/textual_inversion_templates)" + COMPAT)
+    add("--localizations-dir", type=str, default=None,
+        help="localizations folder (default: <install>/localizations)" + COMPAT)
+    add("--gradio-allowed-path", action="append", default=None,
+        help="folder the browser UI may serve files from; repeatable. Honoured by Serena, which (unlike A1111) "
+             "does not add the data folder by default: it holds config.json and the models")
+    add("--gfpgan-dir", type=str, default="./GFPGAN", help="GFPGAN source folder" + COMPAT)
+    add("--gfpgan-model", type=str, default=None, help="GFPGAN model file name" + COMPAT)
+    # UI and console behaviour
+    add("--ui-debug-mode", action="store_true", default=False,
+        help="do not load a model at start, to start the UI quickly (honoured by Serena)")
+    for flag, what in (("--gradio-debug", "launch Gradio in debug mode"),
+                       ("--disable-console-progressbars", "no progress bars on the console"),
+                       ("--enable-console-prompts", "print prompts on the console"),
+                       ("--use-textbox-seed", "seed fields as text boxes"),
+                       ("--no-progressbar-hiding", "do not hide Gradio's progress bar"),
+                       ("--administrator", "administrator rights"),
+                       ("--log-startup", "detailed log of the start-up"),
+                       ("--show-negative-prompt", "does nothing in A1111 either"),
+                       ("--unload-gfpgan", "does nothing in A1111 either"),
+                       ("--deepdanbooru", "does nothing in A1111 either"),
+                       ("--add-stop-route", "does nothing in A1111 either"),
+                       ("--no-tests", "do not run --tests")):
+        add(flag, action="store_true", default=False, help=what + COMPAT)
+    add("--gradio-queue", action="store_true", default=True, help="does nothing in A1111 either" + COMPAT)
+    add("--gradio-img2img-tool", type=str, default=None, help="does nothing in A1111 either" + COMPAT)
+    add("--gradio-inpaint-tool", type=str, default=None, help="does nothing in A1111 either" + COMPAT)
+    add("--tests", type=str, default=None, help="run the tests in this folder" + COMPAT)
+    add("--max-batch-count", type=int, default=16, help="largest batch count in the UI" + COMPAT)
+    add("--ngrok-region", type=str, default="", help="does nothing in A1111 either" + COMPAT)
+    add("--ngrok-options", type=json.loads, default={}, help="ngrok options as JSON" + COMPAT)
+    add("--disable-tls-verify", action="store_false", default=None, help="allow self-signed certificates" + COMPAT)
+    add("--freeze-settings-in-sections", type=str, default=None,
+        help="comma-separated settings sections to freeze" + COMPAT)
+    add("--freeze-specific-settings", type=str, default=None, help="comma-separated settings to freeze" + COMPAT)
+    # model memory and attention: diffusers chooses the attention implementation; no split loading
+    for flag, what in (("--opt-channelslast", "channels-last memory format for the UNet"),
+                       ("--always-batch-cond-uncond", "does nothing in A1111 either; Serena always batches"),
+                       ("--force-enable-xformers", "xformers even where it looks unsupported"),
+                       ("--xformers-flash-attention", "xformers with flash attention"),
+                       ("--use-ipex", "Intel XPU as the torch device"),
+                       ("--disable-model-loading-ram-optimization", "load models without the RAM optimization")):
+        add(flag, action="store_true", default=False, help=what + COMPAT)
+    add("--sub-quad-q-chunk-size", type=int, default=1024, help="sub-quadratic attention query chunk" + COMPAT)
+    add("--sub-quad-kv-chunk-size", type=int, default=None, help="sub-quadratic attention kv chunk" + COMPAT)
+    add("--sub-quad-chunk-threshold", type=int, default=None, help="sub-quadratic attention VRAM %%" + COMPAT)
+
+
+def fill_derived_defaults(ns: argparse.Namespace) -> argparse.Namespace:
+    """Fill the folder flags left unset with A1111's defaults, which derive from `--data-dir` /
+    `--models-dir` (known only once those are parsed); `--gradio-allowed-path` becomes a list (empty
+    unless given). Returns `ns`, changed in place (calling it twice changes nothing more)."""
+    from modules import paths
+    data = paths.data_paths(getattr(ns, "data_dir", None), getattr(ns, "models_dir", None))
+    for dest, folder in MODEL_PATH_FLAGS.items():
+        if getattr(ns, dest, None) is None:
+            setattr(ns, dest, os.path.join(data.models_path, folder))
+    if getattr(ns, "textual_inversion_templates_dir", None) is None:
+        ns.textual_inversion_templates_dir = os.path.join(paths.script_path, "textual_inversion_templates")
+    if getattr(ns, "localizations_dir", None) is None:
+        ns.localizations_dir = os.path.join(paths.script_path, "localizations")
+    if hasattr(ns, "gradio_allowed_path"):
+        ns.gradio_allowed_path = list(ns.gradio_allowed_path or [])
+    return ns
 
 
 def parser_with_extensions(args: list[str]) -> argparse.ArgumentParser:
@@ -116,11 +224,11 @@ def parse(argv: list[str] | None = None, *, environ: dict[str, str] | None = Non
     parser = parser_with_extensions(args)
     if env.get("IGNORE_CMD_ARGS_ERRORS"):
         ns, _ = parser.parse_known_args(args)
-        return ns
-    return parser.parse_args(args)
+        return fill_derived_defaults(ns)
+    return fill_derived_defaults(parser.parse_args(args))
 
 
 def defaults() -> argparse.Namespace:
     """Flags as they are with nothing given (what tests and `webui.initialize()` start from),
     including the defaults of extension flags."""
-    return parser_with_extensions([]).parse_args([])
+    return fill_derived_defaults(parser_with_extensions([]).parse_args([]))

@@ -129,6 +129,11 @@ class FilenameGenerator:
 
     default_time_format = "%Y%m%d%H%M%S"
 
+    replacements: dict[str, Callable[..., Any]] = {}
+    """Tags extensions add or replace, as in A1111: `FilenameGenerator.replacements["tag"] =
+    lambda self, *args: ...` (the function gets the generator, then the tag's `<…>` arguments).
+    They take precedence over the built-in tags of the same name."""
+
     def __init__(self, p: Any, seed: Any, prompt: str | None, image: Image.Image | None,
                  zip: bool = False, basename: str = ""):
         self.p = p
@@ -137,7 +142,7 @@ class FilenameGenerator:
         self.image = image
         self.zip = zip
         self.basename = basename
-        self.replacements: dict[str, Callable[..., Any]] = {
+        self.builtin_tags: dict[str, Callable[..., Any]] = {
             "basename": lambda: self.basename or "img",
             "seed": lambda: self.seed if self.seed is not None else "",
             "seed_first": self._seed_first,
@@ -173,6 +178,13 @@ class FilenameGenerator:
             "none": lambda: "",
             "image_hash": self._image_hash,
         }
+
+    def tag_function(self, name: str) -> Callable[..., Any] | None:
+        """What expands `[name]`: an extension's class-level replacement, else the built-in tag."""
+        added = type(self).replacements.get(name)
+        if added is not None:
+            return functools.partial(added, self)
+        return self.builtin_tags.get(name)
 
     # --- tags ------------------------------------------------------------------------------------
     def _seed_first(self) -> Any:
@@ -323,7 +335,7 @@ class FilenameGenerator:
             while (arg_match := re_pattern_arg.match(name)) is not None:
                 name, arg = arg_match.groups()
                 args.insert(0, arg)
-            fun = self.replacements.get(name.lower())
+            fun = self.tag_function(name.lower())
             replacement = None
             if fun is not None:
                 try:

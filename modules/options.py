@@ -120,6 +120,7 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "target_side_length": O(4000.0, "Width/height limit for the above option, in pixels"),
             "img_max_size_mp": O(200.0, "Maximum image size, in megapixels"),
             "use_original_name_batch": O(True, "Use original name for output filename during batch process"),
+            "use_upscaler_name_as_suffix": O(False, "Use upscaler name as filename suffix in the extras tab"),
             "save_selected_only": O(True, "When using 'Save' button, only save a single selected image"),
             "save_init_img": O(False, "Save init images when using img2img"),
             "temp_dir": O("", "Directory for temporary images; leave empty for default"),
@@ -278,9 +279,11 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
         },
         "postprocessing": {
             "postprocessing_enable_in_main_ui": O([], "Enable postprocessing operations in txt2img and img2img tabs"),
+            "postprocessing_disable_in_extras": O([], "Disable postprocessing operations in extras tab"),
             "postprocessing_operation_order": O([], "Postprocessing operation order"),
             "upscaling_max_images_in_cache": O(5, "Maximum number of images in upscaling cache"),
-            "postprocessing_existing_caption_action": O("Ignore", "Action for existing captions"),
+            "postprocessing_existing_caption_action": O(
+                "Ignore", "Action for existing captions", choices=("Ignore", "Keep", "Prepend", "Append")),
         },
         "face-restoration": {
             "face_restoration": O(False, "Restore faces", infotext="Face restoration"),

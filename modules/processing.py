@@ -36,7 +36,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from PIL import Image
 
-from modules import processing_img2img, rng, sd_tiling, shared
+from modules import processing_img2img, rng, sd_hijack, sd_tiling, shared
 from modules.masking import create_binary_mask  # noqa: F401  (A1111 name)
 from modules.processing_hires import (HiresTarget, calculate_target_resolution, hires_target, init_hires,  # noqa: F401
                                       old_hires_fix_first_pass_dimensions, sample_hr_pass, upscale_for_hires)
@@ -255,8 +255,11 @@ class StableDiffusionProcessing:
         return cache[1]
 
     def setup_conds(self) -> None:
-        """Text conditioning of this batch's prompts (`uc` plain, `c` multicond), cached."""
+        """Text conditioning of this batch's prompts (`uc` plain, `c` multicond), cached; then the
+        notes left on `sd_hijack.model_hijack` join the job's infotext (`merge_hijack_notes`), at
+        the point of A1111's batch loop where it merges them."""
         setup_conds(self)
+        merge_hijack_notes(self)
 
     def get_conds(self) -> tuple[Any, Any]:
         """This batch's (conditioning, unconditional conditioning)."""
@@ -596,8 +599,20 @@ def _patched_text_encoder() -> tuple:
     return lora_networks.applied_key("te")
 
 
+def merge_hijack_notes(p: StableDiffusionProcessing) -> None:
+    """A1111's step after each batch's conditioning: `model_hijack.extra_generation_params` update
+    `p.extra_generation_params` (so they reach the infotext and params.txt) and each text of
+    `model_hijack.comments` becomes a comment of the job (`Processed.comments`). Extensions fill
+    both; `process_images_inner` empties them when a job starts."""
+    hijack = sd_hijack.model_hijack
+    p.extra_generation_params.update(hijack.extra_generation_params)
+    for comment in hijack.comments:
+        p.comment(comment)
+
+
 def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     """The stages of one job (spec §2.3.3); returns what was made even when interrupted."""
+    sd_hijack.model_hijack.clear_comments()                 # 0. no notes from an earlier job (A1111)
     prepare_job(p)                                          # 1. defaults, model name/hash, outdirs
     p.fill_fields_from_opts()                               # 2. option-backed fields, prompts+styles
     p.setup_prompts()

@@ -122,14 +122,95 @@ def _caller_filename(depth: int) -> str:
     return frame.f_code.co_filename if frame is not None else "unknown file"
 
 
-def add_callback(hook: str, callback: Callable, *, name: str | None = None) -> None:
-    """Register `callback` for `hook` (one of :data:`HOOKS`)."""
+def callback_name(filename: str, category: str, name: str | None = None) -> str:
+    """A1111's callback name: `<extension or 'base'>/<file>/<category>[/<name>]`.
+
+    metadata.ini `[callbacks/<name>]` sections and the `prioritized_callbacks_*` options refer to
+    callbacks by this name.
+    """
+    from modules import extensions
+    extension = extensions.find_extension(filename)
+    prefix = extension.canonical_name if extension is not None else "base"
+    text = f"{prefix}/{os.path.basename(filename)}/{category}"
+    return f"{text}/{name}" if name is not None else text
+
+
+def unique_name(name: str, taken: list[str]) -> str:
+    """`name`, or `name-1`, `name-2`, … if a callback of the category already has it."""
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def add_callback(hook: str, callback: Callable, *, name: str | None = None, filename: str | None = None) -> None:
+    """Register `callback` for `hook` (one of :data:`HOOKS`), named as A1111 names it."""
     if hook not in HOOKS:
         raise ValueError(f"unknown callback hook {hook!r}; known: {', '.join(HOOKS)}")
-    filename = _caller_filename(2)
-    if name is None:
-        name = f"{os.path.basename(filename)}/{hook}"
-    callback_map[f"callbacks_{hook}"].append(ScriptCallback(filename, callback, name))
+    filename = filename or _caller_filename(2)
+    callbacks = callback_map[f"callbacks_{hook}"]
+    full_name = unique_name(callback_name(filename, hook, name), [c.name for c in callbacks])
+    callbacks.append(ScriptCallback(filename, callback, full_name))
+
+
+def order_instructions() -> dict[str, tuple[list[str], list[str]]]:
+    """Every active extension's metadata.ini `[callbacks/<name>]` rules: name → (Before, After)."""
+    from modules import extensions
+    rules: dict[str, tuple[list[str], list[str]]] = {}
+    for ext in extensions.active():
+        for name, before, after in ext.metadata.list_callback_order_instructions():
+            rules[name] = (before, after)
+    return rules
+
+
+def prioritized(category: str) -> list[str]:
+    """The user's `prioritized_callbacks_<category>` option: names that go first, in that order."""
+    from modules import shared
+    value = shared.opts.data.get(f"prioritized_callbacks_{category}") or []
+    return [str(x) for x in value] if isinstance(value, (list, tuple)) else []
+
+
+def sort_by_rules(items: list, name_of: Callable[[Any], str], category: str) -> list:
+    """`items` (callbacks or scripts) in load order, moved by the metadata.ini `[callbacks/…]` rules
+    (Before/After other names), then the user's prioritized names moved to the front."""
+    from modules.scripts import topological_sort
+    names = [name_of(x) for x in items]
+    by_name = dict(zip(names, items))
+    rules = order_instructions()
+    after: dict[str, list[str]] = {n: [] for n in names}
+    for n in names:
+        before_list, after_list = rules.get(n, ([], []))
+        after[n].extend(a for a in after_list if a in after)
+        for b in before_list:
+            if b in after:
+                after[b].append(n)
+    ordered = topological_sort(after) if rules else names
+    front = [n for n in prioritized(category) if n in by_name]
+    ordered = front + [n for n in ordered if n not in front]
+    return [by_name[n] for n in ordered]
+
+
+def add_order_options(script_hooks: tuple[str, ...] = ()) -> None:
+    """The "Callbacks" settings: `prioritized_callbacks_<category>`, one per callback hook and per
+    script hook (`script_<hook>`), each a list of callback names that run first, in that order.
+    Added once the scripts are loaded, so each option's choices are the callbacks that exist."""
+    from modules import shared
+    from modules.options import OptionInfo
+    categories = list(HOOKS) + [f"script_{h}" for h in script_hooks]
+    for category in categories:
+        names = [c.name for c in callback_map.get(f"callbacks_{category}", [])]
+        info = OptionInfo([], f"{category} callback priority", None,
+                          {"choices": names, "multiselect": True}, section=("callbacks", "Callbacks"))
+        shared.opts.add_option(f"prioritized_callbacks_{category}", info)
+
+
+def ordered_callbacks(category: str, unordered: list[ScriptCallback] | None = None) -> list[ScriptCallback]:
+    """The callbacks of `category` in the order they run (A1111's `ordered_callbacks`)."""
+    callbacks = list(unordered if unordered is not None else callback_map.get(f"callbacks_{category}", []))
+    if len(callbacks) < 2:
+        return callbacks
+    return sort_by_rules(callbacks, lambda c: c.name or "", category)
 
 
 def clear_callbacks() -> None:
@@ -151,12 +232,12 @@ def remove_callbacks_for_function(callback_func: Callable) -> None:
         callbacks[:] = [c for c in callbacks if c.callback != callback_func]
 
 
-def _run(hook: str, *args: Any) -> list[Any]:
-    """Call every callback of `hook`; failures are logged, the rest still run."""
+def _run(hook: str, *args: Any, **kwargs: Any) -> list[Any]:
+    """Call every callback of `hook` in order; failures are logged, the rest still run."""
     results = []
-    for entry in list(callback_map[f"callbacks_{hook}"]):
+    for entry in ordered_callbacks(hook):
         try:
-            results.append(entry.callback(*args))
+            results.append(entry.callback(*args, **kwargs))
         except Exception:
             log.exception("error running callback %s (%s)", entry.name, entry.script)
     return results
@@ -212,19 +293,11 @@ def cfg_after_cfg_callback(params: AfterCFGCallbackParams) -> None:
 
 
 def before_component_callback(component: Any, **kwargs: Any) -> None:
-    for entry in list(callback_map["callbacks_before_component"]):
-        try:
-            entry.callback(component, **kwargs)
-        except Exception:
-            log.exception("error running callback %s", entry.name)
+    _run("before_component", component, **kwargs)
 
 
 def after_component_callback(component: Any, **kwargs: Any) -> None:
-    for entry in list(callback_map["callbacks_after_component"]):
-        try:
-            entry.callback(component, **kwargs)
-        except Exception:
-            log.exception("error running callback %s", entry.name)
+    _run("after_component", component, **kwargs)
 
 
 def image_grid_callback(params: ImageGridLoopParams) -> None:

@@ -69,6 +69,13 @@ class PostprocessBatchListArgs:
     images: list
 
 
+@dataclass
+class OnComponent:
+    """What `Script.on_before_component` / `on_after_component` callbacks receive."""
+
+    component: Any
+
+
 class Script:
     """Base class of A1111 scripts; subclasses override `title` and the hooks they need."""
 
@@ -90,6 +97,8 @@ class Script:
     on_after_component_elem_id: list | None = None
     setup_for_ui_only = False
     controls: list | None = None
+    sorting_priority = 0
+    """AlwaysVisible scripts of one UI section are laid out by this, lowest first (A1111)."""
 
     def title(self) -> str:
         raise NotImplementedError(f"{type(self).__name__} must define title()")
@@ -151,6 +160,39 @@ class Script:
         return f"script_{tabname}{title}_{item_id}"
 
 
+def _safe_title(script: Script) -> str:
+    """The script's title; a failing `title()` is reported and the file name stands in (A1111)."""
+    from modules import errors
+    try:
+        return str(script.title())
+    except Exception:
+        errors.report(f"Error getting the title of {script.filename}", exc_info=True)
+        return f"{os.path.basename(script.filename or '?')} [error]"
+
+
+def script_arg_info(control: Any) -> dict[str, Any]:
+    """A control as `/sdapi/v1/script-info` lists it: label, value, minimum, maximum, step, choices."""
+    info: dict[str, Any] = {"label": getattr(control, "label", None) or ""}
+    for key in ("value", "minimum", "maximum", "step"):
+        value = getattr(control, key, None)
+        info[key] = None if callable(value) else value
+    choices = getattr(control, "choices", None)
+    info["choices"] = [c[0] if isinstance(c, (tuple, list)) else c for c in choices] if choices is not None else None
+    return info
+
+
+def script_api_info(script: Script, controls: list) -> dict[str, Any]:
+    """`/sdapi/v1/script-info`'s entry for `script` (A1111's ScriptInfo fields)."""
+    return {"name": script.name, "is_img2img": script.is_img2img, "is_alwayson": script.alwayson,
+            "args": [script_arg_info(c) for c in controls]}
+
+
+def script_callback_name(script: Script, hook: str) -> str:
+    """The name metadata.ini rules and the ordering options use for `script`'s `hook`."""
+    from modules import script_callbacks
+    return script_callbacks.callback_name(script.filename or "", f"script_{hook}", type(script).__name__)
+
+
 def overrides(script: Script, hook: str) -> bool:
     """Whether `script`'s class replaces the base `Script.<hook>` (A1111 runs only those)."""
     return getattr(type(script), hook, None) is not getattr(Script, hook, None)
@@ -174,29 +216,165 @@ class ScriptRunner:
         self.infotext_fields: list = []
         self.paste_field_names: list = []
         self.inputs: list = [None]
+        self.dropdown: Any = None
+        self._ordered: dict[str, tuple] = {}  # hook → (cache key, ordered scripts)
+        # elem_id → [(callback, script)] from the scripts' on_before/after_component registrations
+        self.on_before_component_elem_id: dict[str, list] = {}
+        self.on_after_component_elem_id: dict[str, list] = {}
 
     def add_script(self, script: Script, n_args: int | None = None, controls: list | None = None) -> None:
-        """Register `script`; its slice of the flat argument array holds `controls` (UI components,
-        whose `.value` are the defaults) or `n_args` empty slots."""
+        """Register `script` by hand (tests, API-only tools); its slice of the flat argument array holds
+        `controls` (UI components, whose `.value` are the defaults) or `n_args` empty slots."""
         visibility = script.show(self.is_img2img)
         if visibility is False:
             return
+        self._prepare(script)
+        self.scripts.append(script)
+        self._classify(script, visibility)
+        if visibility is not AlwaysVisible:
+            self.titles.append(script.title())
+        self.title_map[script.title().lower()] = script
+        self._place(script, list(controls) if controls is not None else [None] * (n_args or 0))
+
+    def _prepare(self, script: Script) -> None:
         script.is_img2img = self.is_img2img
         script.is_txt2img = not self.is_img2img
-        script.name = script.name or script.title().lower()
-        controls = list(controls) if controls is not None else [None] * (n_args or 0)
-        script.controls = [c for c in controls if c is not None] or None
-        script.args_from = len(self.inputs)
-        script.args_to = script.args_from + len(controls)
-        self.inputs.extend(controls)
-        self.scripts.append(script)
+        script.tabname = "img2img" if self.is_img2img else "txt2img"
+
+    def _classify(self, script: Script, visibility: Any) -> None:
         if visibility is AlwaysVisible:
             script.alwayson = True
             self.alwayson_scripts.append(script)
         else:
             self.selectable_scripts.append(script)
-            self.titles.append(script.title())
-            self.title_map[script.title().lower()] = script
+
+    def _place(self, script: Script, controls: list) -> None:
+        """Append `controls` to the flat argument array as `script`'s slice."""
+        script.name = script.name or script.title().lower()
+        script.controls = [c for c in controls if c is not None] or None
+        script.args_from = len(self.inputs)
+        self.inputs.extend(controls)
+        script.args_to = len(self.inputs)
+
+    def initialize_scripts(self, data: list[ScriptClassData]) -> None:
+        """A fresh instance of each script class for this tab, in load order, sorted into
+        AlwaysVisible and selectable ones (`show(is_img2img)`); hidden ones are left out.
+        A script whose constructor or `show` raises is reported and left out."""
+        from modules import errors
+        self.scripts, self.selectable_scripts, self.alwayson_scripts = [], [], []
+        for item in data:
+            try:
+                script = item.script_class()
+                script.filename = item.path
+                self._prepare(script)
+                visibility = script.show(self.is_img2img)
+            except Exception:
+                errors.report(f"Error creating script {item.path}", exc_info=True)
+                continue
+            if visibility is False or visibility is None:
+                continue
+            self.scripts.append(script)
+            self._classify(script, visibility)
+        self._index_component_callbacks()
+
+    def _index_component_callbacks(self) -> None:
+        self.on_before_component_elem_id, self.on_after_component_elem_id = {}, {}
+        for script in self.scripts:
+            for elem_id, callback in script.on_before_component_elem_id or []:
+                self.on_before_component_elem_id.setdefault(elem_id, []).append((callback, script))
+            for elem_id, callback in script.on_after_component_elem_id or []:
+                self.on_after_component_elem_id.setdefault(elem_id, []).append((callback, script))
+
+    def setup_ui(self) -> None:
+        """Build every script's `ui()` inside the active `gr.Blocks` and lay out the argument array.
+
+        Slot 0 is the "Script" dropdown (0 = none, k = selectable_scripts[k-1]), then each
+        AlwaysVisible script's controls, then each selectable script's (in a group that the dropdown
+        shows); `args_from`/`args_to` say where each script's slice is. The API builds this too (in a
+        throwaway Blocks), because a script's argument defaults are its controls' values. Titles,
+        `api_info`, `infotext_fields` and `paste_field_names` are collected on the way.
+        """
+        import gradio as gr
+
+        from modules import gradio_extensions
+        gradio_extensions.install()
+        global scripts_current
+        self.inputs = [None]
+        self.infotext_fields, self.paste_field_names = [], []
+        self.titles = [_safe_title(s) for s in self.selectable_scripts]
+        self.title_map = {_safe_title(s).lower(): s for s in self.scripts}
+        previous, scripts_current = scripts_current, self
+        try:
+            for script in sorted(self.alwayson_scripts, key=lambda sc: sc.sorting_priority):  # stable: load order
+                self._create_script_ui(script, visible=True)
+            self.dropdown = gr.Dropdown(label="Script", elem_id="script_list", choices=["None", *self.titles],
+                                        value="None", type="index")
+            self.inputs[0] = self.dropdown
+            for script in self.selectable_scripts:
+                self._create_script_ui(script, visible=False)
+            grouped = [(i + 1, s.group) for i, s in enumerate(self.selectable_scripts) if s.group is not None]
+            if grouped:  # choosing a script shows its controls only
+                self.dropdown.change(fn=lambda chosen: [gr.update(visible=k == chosen) for k, _ in grouped],
+                                     inputs=[self.dropdown], outputs=[g for _, g in grouped], show_progress="hidden")
+        finally:
+            scripts_current = previous
+
+    def _create_script_ui(self, script: Script, *, visible: bool) -> None:
+        import gradio as gr
+
+        from modules import errors
+        script.name = _safe_title(script).lower()
+        script.args_from = script.args_to = len(self.inputs)
+        try:
+            if script.create_group:
+                with gr.Group(visible=visible) as group:
+                    controls = script.ui(script.is_img2img)
+                script.group = group
+            else:
+                controls = script.ui(script.is_img2img)
+        except Exception:
+            errors.report(f"Error creating UI for {script.name}", exc_info=True)
+            controls = None
+        if controls is None:
+            return
+        controls = list(controls.values()) if isinstance(controls, dict) else list(controls)
+        for control in controls:
+            try:
+                control.custom_script_source = os.path.basename(script.filename or "")
+            except Exception:  # an extension may return something that is not a component
+                pass
+        script.api_info = script_api_info(script, controls)
+        if script.infotext_fields is not None:
+            self.infotext_fields += script.infotext_fields
+        if script.paste_field_names is not None:
+            self.paste_field_names += script.paste_field_names
+        self._place(script, controls)
+
+    def default_script_args(self) -> list:
+        """The flat argument array with every control's default value; slot 0 = no script."""
+        return [0] + [getattr(c, "value", None) for c in self.inputs[1:]]
+
+    def before_component(self, component: Any, **kwargs: Any) -> None:
+        """Gradio is about to build `component`: tell every script, and the `on_before_component`
+        callbacks registered for its elem_id (A1111 passes them `OnComponent(component)`)."""
+        self._component_hook("before_component", self.on_before_component_elem_id, component, kwargs)
+
+    def after_component(self, component: Any, **kwargs: Any) -> None:
+        """`component` was built: the same as `before_component`, for the after hooks."""
+        self._component_hook("after_component", self.on_after_component_elem_id, component, kwargs)
+
+    def _component_hook(self, hook: str, by_elem_id: dict, component: Any, kwargs: dict) -> None:
+        from modules import errors
+        for callback, script in by_elem_id.get(kwargs.get("elem_id"), []):
+            try:
+                callback(OnComponent(component=component))
+            except Exception:
+                errors.report(f"Error running on_{hook} callback for {script.filename}", exc_info=True)
+        for script in self.scripts:
+            try:
+                getattr(script, hook)(component, **kwargs)
+            except Exception:
+                errors.report(f"Error running {hook} of {script.filename}", exc_info=True)
 
     def script(self, title: str) -> Script | None:
         """The script whose title matches `title`, case-insensitively."""
@@ -213,12 +391,28 @@ class ScriptRunner:
         return script.run(p, *args[script.args_from:script.args_to])
 
     # One dispatch method per hook; each calls `_dispatch` with A1111's arguments.
+    def ordered_scripts(self, hook: str) -> list[Script]:
+        """The AlwaysVisible scripts that override `hook`, in the order they run: load order, moved
+        by metadata.ini `[callbacks/<name>]` rules and the `prioritized_callbacks_script_<hook>`
+        option. A script's callback name is A1111's `<extension>/<file>/script_<hook>/<class>`."""
+        from modules import script_callbacks
+        category = f"script_{hook}"
+        candidates = [s for s in self.alwayson_scripts if overrides(s, hook)]
+        key = (tuple(id(s) for s in candidates), tuple(script_callbacks.prioritized(category)))
+        cached = self._ordered.get(hook)
+        if cached is None or cached[0] != key:
+            if len(candidates) < 2:
+                ordered = candidates
+            else:
+                ordered = script_callbacks.sort_by_rules(candidates, lambda sc: script_callback_name(sc, hook), category)
+            cached = self._ordered[hook] = (key, ordered)
+        return cached[1]
+
+    # One dispatch method per hook; each calls `_dispatch` with A1111's arguments.
     def _dispatch(self, hook: str, p: Any, *extra: Any, **kwargs: Any) -> None:
         """Call `hook` on every AlwaysVisible script that overrides it, with its own args."""
         script_args = getattr(p, "script_args", None) or ()
-        for script in self.alwayson_scripts:
-            if not overrides(script, hook):
-                continue
+        for script in self.ordered_scripts(hook):
             own_args = tuple(script_args[script.args_from:script.args_to]) if script.args_from is not None else ()
             try:
                 getattr(script, hook)(p, *extra, *own_args, **kwargs)
@@ -292,9 +486,11 @@ class ScriptClassData:
 
 
 scripts_data: list[ScriptClassData] = []
+postprocessing_scripts_data: list[ScriptClassData] = []
+"""`ScriptPostprocessing` subclasses found while loading (the Extras tab's scripts)."""
 scripts_txt2img = ScriptRunner(is_img2img=False)
 scripts_img2img = ScriptRunner(is_img2img=True)
-scripts_postproc = None
+scripts_postproc: Any = None
 scripts_current: ScriptRunner | None = None
 
 
@@ -328,10 +524,17 @@ def _import_file(path: str, basedir: str) -> Any:
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import script {path}")
     module = importlib.util.module_from_spec(spec)
+    # Registered under its name, so code that resolves a class's module at definition or later
+    # (dataclasses with string annotations, pydantic models, pickle) finds it.
+    sys.modules[name] = module
     sys.path.insert(0, basedir)
     previous, current_basedir = current_basedir, basedir
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+        raise
     finally:
         current_basedir = previous
         sys.path.remove(basedir)
@@ -419,8 +622,9 @@ def load_scripts(folders: list[str] | None = None) -> list[ScriptClassData]:
     from modules import errors, script_callbacks
     # A reload: the callbacks the previous script files registered go, so they are not doubled
     # (A1111 clears every callback here; Serena's own registrations are kept).
-    previous = {os.path.realpath(d.path) for d in scripts_data}
+    previous = {os.path.realpath(d.path) for d in scripts_data + postprocessing_scripts_data}
     if previous:
+        script_callbacks.script_unloaded_callback()
         for callbacks in script_callbacks.callback_map.values():
             callbacks[:] = [c for c in callbacks if os.path.realpath(c.script) not in previous]
     files: list[ScriptFile] = []
@@ -436,7 +640,11 @@ def load_scripts(folders: list[str] | None = None) -> list[ScriptClassData]:
             path = os.path.join(script_dir, filename)
             if filename.endswith(".py") and os.path.isfile(path):
                 files.append(ScriptFile(basedir, filename, path))
-    found: list[ScriptClassData] = []
+    from modules import scripts_postprocessing
+    # Filled file by file, as A1111 does: an extension's script may look for another script's module
+    # (xyz_grid.py's axis_options) in `scripts_data` while it is itself being imported.
+    scripts_data.clear()
+    postprocessing_scripts_data.clear()
     for file in files:
         try:
             module = _import_file(file.path, file.basedir)
@@ -444,23 +652,32 @@ def load_scripts(folders: list[str] | None = None) -> list[ScriptClassData]:
             errors.report(f"Error loading script: {file.path}", exc_info=True)
             continue
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Script) and obj is not Script:
-                found.append(ScriptClassData(obj, file.path, file.basedir, module))
-    scripts_data[:] = found
+            if not isinstance(obj, type):
+                continue
+            if issubclass(obj, Script) and obj is not Script:
+                scripts_data.append(ScriptClassData(obj, file.path, file.basedir, module))
+            elif issubclass(obj, scripts_postprocessing.ScriptPostprocessing) \
+                    and obj is not scripts_postprocessing.ScriptPostprocessing:
+                postprocessing_scripts_data.append(ScriptClassData(obj, file.path, file.basedir, module))
+    # Settings and before_ui callbacks run before any script's ui() (A1111's order), so options an
+    # extension adds exist when its UI reads them.
+    script_callbacks.ui_settings_callback()
+    script_callbacks.add_order_options(ScriptRunner.HOOKS)
+    script_callbacks.before_ui_callback()
     _rebuild_runners()
-    return found
+    global scripts_postproc
+    scripts_postproc = scripts_postprocessing.ScriptPostprocessingRunner()
+    return list(scripts_data)
 
 
 def _rebuild_runners() -> None:
+    """Fresh txt2img and img2img runners with every script's `ui()` built in a throwaway Blocks,
+    which lays out the argument arrays (A1111 builds these UI objects in API-only mode too)."""
+    import gradio as gr
     global scripts_txt2img, scripts_img2img
     scripts_txt2img = ScriptRunner(is_img2img=False)
     scripts_img2img = ScriptRunner(is_img2img=True)
-    for data in scripts_data:
+    with gr.Blocks(analytics_enabled=False):
         for runner in (scripts_txt2img, scripts_img2img):
-            try:
-                script = data.script_class()
-                script.filename = data.path
-                controls = script.ui(runner.is_img2img) if script.show(runner.is_img2img) is not False else []
-                runner.add_script(script, controls=list(controls or []))
-            except Exception:
-                log.exception("error creating script %s", data.path)
+            runner.initialize_scripts(scripts_data)
+            runner.setup_ui()

@@ -6,6 +6,11 @@ patch, so `hijack` / `undo_hijack` are accepted and do nothing. What extensions 
 `model_hijack` is real: the textual-inversion database (`embedding_db`), the prompt token counter
 (`get_prompt_lengths`), the per-job `comments` / `extra_generation_params`, and circular padding
 (`apply_circular`, over `modules.sd_tiling`).
+
+`comments` and `extra_generation_params` work as in A1111: `process_images_inner` clears them when
+a job starts, and after each batch's conditioning (`p.setup_conds()`) `processing.merge_hijack_notes`
+copies the parameters into `p.extra_generation_params` (hence the infotext) and the comments into
+the job's comments.
 """
 from __future__ import annotations
 

@@ -43,10 +43,25 @@ model_hash = hashes.model_hash  # A1111 name
 
 # --- registry -------------------------------------------------------------------------------------
 
-def model_path() -> str:
+def sd_model_folder() -> str:
     """The main checkpoint folder, `<models>/Stable-diffusion`."""
     from modules import shared
     return shared.data_paths.sd_model_dir
+
+
+class FolderPath(str):
+    """A folder path that can also be called for itself: A1111's `sd_models.model_path` is a string
+    (`os.path.join(sd_models.model_path, …)` in extensions), while Serena's code calls `model_path()`."""
+
+    def __call__(self) -> str:
+        return str(self)
+
+
+def __getattr__(name: str) -> Any:
+    """`model_path`: the main checkpoint folder now (it follows --data-dir / --models-dir)."""
+    if name == "model_path":
+        return FolderPath(sd_model_folder())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _cmd_opt(name: str, default: Any = None) -> Any:
@@ -58,7 +73,7 @@ def _relative_name(filename: str) -> str:
     """A1111's `name`: the path relative to --ckpt-dir or the model folder, else the base name."""
     abspath = os.path.abspath(filename)
     ckpt_dir = _cmd_opt("ckpt_dir")
-    for root in ([os.path.abspath(ckpt_dir)] if ckpt_dir else []) + [os.path.abspath(model_path())]:
+    for root in ([os.path.abspath(ckpt_dir)] if ckpt_dir else []) + [os.path.abspath(sd_model_folder())]:
         if abspath.startswith(root + os.sep):
             return abspath[len(root) + 1:]
     return os.path.basename(filename)
@@ -172,7 +187,7 @@ def list_models() -> None:
         shared.opts.data["sd_model_checkpoint"] = info.title
     elif cmd_ckpt:
         log.warning("Checkpoint in --ckpt argument not found: %s", cmd_ckpt)
-    for filename in find_checkpoint_files([model_path(), _cmd_opt("ckpt_dir")]):
+    for filename in find_checkpoint_files([sd_model_folder(), _cmd_opt("ckpt_dir")]):
         CheckpointInfo(filename).register()
 
 
@@ -225,7 +240,7 @@ def select_checkpoint() -> CheckpointInfo:
     if info is not None:
         return info
     if not checkpoints_list:
-        folders = [f for f in (model_path(), _cmd_opt("ckpt_dir")) if f]
+        folders = [f for f in (sd_model_folder(), _cmd_opt("ckpt_dir")) if f]
         raise errors.CheckpointNotFound(
             f"no checkpoint found in {folders}: put a .safetensors or .ckpt file there, or pass --ckpt")
     info = next(iter(checkpoints_list.values()))
@@ -781,3 +796,82 @@ def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[
 
     opts.onchange("sd_model_checkpoint", wrap(on_checkpoint_change) if wrap else on_checkpoint_change)
     sd_vae.setup_option_hooks(opts, wrap)
+
+
+# --- A1111's helpers extensions call -----------------------------------------------------------------
+
+CHECKPOINT_DICT_REPLACEMENTS = {
+    "cond_stage_model.transformer.embeddings.": "cond_stage_model.transformer.text_model.embeddings.",
+    "cond_stage_model.transformer.encoder.": "cond_stage_model.transformer.text_model.encoder.",
+    "cond_stage_model.transformer.final_layer_norm.": "cond_stage_model.transformer.text_model.final_layer_norm.",
+}
+"""Old SD1 text-encoder key prefixes and the ones A1111's `read_state_dict` renames them to."""
+
+
+def transform_checkpoint_dict_key(key: str) -> str:
+    """A1111 name: `key` with an old text-encoder prefix renamed (see CHECKPOINT_DICT_REPLACEMENTS)."""
+    for old, new in CHECKPOINT_DICT_REPLACEMENTS.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def read_state_dict(checkpoint_file: str, print_global_state: bool = False,
+                    map_location: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (A1111 name): unwrapped from "state_dict", old text-encoder
+    keys renamed as A1111 does, on `map_location` (default: the CPU).
+
+    Pickled files go through `safe_load`, which never runs code from the file (whatever
+    --disable-safe-unpickle says); non-tensor entries such as "global_step" are left out, so
+    `print_global_state` has nothing to print.
+
+    Raises:
+        errors.CheckpointNotFound / errors.CheckpointLoadError: see `safe_load.load_state_dict`.
+    """
+    state = safe_load.load_state_dict(checkpoint_file, map_location or devices.cpu)
+    return {transform_checkpoint_dict_key(k): v for k, v in state.items()}
+
+
+def get_checkpoint_state_dict(checkpoint_info: CheckpointInfo, timer: Any = None) -> dict[str, torch.Tensor]:
+    """The tensors of `checkpoint_info`'s file (A1111 name); its short hash is computed first, as
+    A1111 does, and `timer.record(...)` is called after each step when a timer is given."""
+    checkpoint_info.calculate_shorthash()
+    if timer is not None:
+        timer.record("calculate hash")
+    log.info("Loading weights [%s] from %s", checkpoint_info.shorthash, checkpoint_info.filename)
+    state = read_state_dict(checkpoint_info.filename)
+    if timer is not None:
+        timer.record("load weights from disk")
+    return state
+
+
+def model_target_device(m: Any) -> torch.device:
+    """The device `m` runs on when it is not parked (A1111 name)."""
+    return getattr(m, "home_device", None) or devices.device
+
+
+def send_model_to_cpu(m: Any) -> None:
+    """Move the model's weights to the CPU and free the accelerator's cache (A1111 name)."""
+    m.to(devices.cpu)
+    devices.torch_gc()
+
+
+def send_model_to_device(m: Any) -> None:
+    """Move the model's weights back to the device it runs on (A1111 name)."""
+    m.to(model_target_device(m))
+
+
+def send_model_to_trash(m: Any) -> None:
+    """Drop the model's weights (A1111 moves them to the meta device). Serena also forgets the
+    model, so the next use of its checkpoint loads the file again instead of finding an empty model."""
+    with model_data.lock:
+        if m is model_data.sd_model:
+            model_data.set_sd_model(None)
+        elif m in model_data.loaded_sd_models:
+            model_data.loaded_sd_models.remove(m)
+    m.to(device="meta")
+    devices.torch_gc()
+
+
+def apply_token_merging(sd_model: Any, token_merging_ratio: float) -> None:
+    """Accepted for compatibility: Serena has no token merging (ToMe), so nothing changes."""

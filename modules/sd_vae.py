@@ -12,6 +12,7 @@ read by `safe_load` (no pickled code runs).
 Which VAE a model uses (`resolve_vae`), from the options `sd_vae` ("Automatic", "None" or a VAE
 name) and `sd_vae_overrides_per_model_preferences` (default on):
 
+- the file `--vae-path` names, when given (no option is consulted then);
 - a VAE name, or "None", with the overrides option on: that VAE, or the checkpoint's own;
 - otherwise a VAE beside the checkpoint (`<checkpoint stem>.vae.safetensors`, then `.vae.pt`,
   then `.vae.ckpt`) when there is one;
@@ -54,10 +55,45 @@ _listing = {"done": False}
 
 
 def __getattr__(name: str) -> Any:
-    """`loaded_vae_file` (A1111 module global): the VAE file of the current model, else None."""
+    """A1111's module globals, read from the current model:
+
+    - `loaded_vae_file`: the VAE file it uses, else None (its own VAE);
+    - `base_vae`: the state dict of its own VAE while a file's VAE is in use, else None;
+    - `checkpoint_info`: the `CheckpointInfo` of the model whose VAE was last chosen, else None.
+    """
+    model = sd_models.model_data.sd_model
     if name == "loaded_vae_file":
-        return getattr(sd_models.model_data.sd_model, "loaded_vae_file", None)
+        return getattr(model, "loaded_vae_file", None)
+    if name == "base_vae":
+        return get_base_vae(model) if model is not None else None
+    if name == "checkpoint_info":
+        return getattr(model, "sd_checkpoint_info", None)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_filename(filepath: str) -> str:
+    """The name a VAE file is listed under (A1111 name): its base name."""
+    return os.path.basename(filepath)
+
+
+def get_base_vae(model: Any) -> dict[str, torch.Tensor] | None:
+    """The state dict of `model`'s own VAE while a file's VAE replaces it, else None (A1111 name).
+    The tensors are the kept module's own, not copies."""
+    base = getattr(model, "base_vae", None)
+    return base.state_dict() if base is not None else None
+
+
+def store_base_vae(model: Any) -> None:
+    """Accepted for compatibility: Serena keeps the model's own VAE aside whenever it swaps one in."""
+
+
+def delete_base_vae() -> None:
+    """Accepted for compatibility (see `store_base_vae`)."""
+
+
+def restore_base_vae(model: Any) -> None:
+    """Put `model`'s own VAE back (A1111 name)."""
+    load_vae(model, None)
 
 
 # --- the list -------------------------------------------------------------------------------------
@@ -70,7 +106,7 @@ def vae_folders() -> list[str]:
 
 def _checkpoint_folders() -> list[str]:
     ckpt_dir = getattr(shared.cmd_opts, "ckpt_dir", None)
-    return [sd_models.model_path()] + ([ckpt_dir] if ckpt_dir else [])
+    return [sd_models.sd_model_folder()] + ([ckpt_dir] if ckpt_dir else [])
 
 
 def _walk(folder: str, keep: Callable[[str], bool]) -> list[str]:
@@ -91,10 +127,10 @@ def refresh_vae_list() -> None:
     found: dict[str, str] = {}
     for folder in _checkpoint_folders():
         for path in _walk(folder, lambda n: n.endswith(NEAR_CHECKPOINT_SUFFIXES)):
-            found[os.path.basename(path)] = path
+            found[get_filename(path)] = path
     for folder in vae_folders():
         for path in _walk(folder, lambda n: n.endswith(VAE_EXTENSIONS)):
-            found[os.path.basename(path)] = path
+            found[get_filename(path)] = path
     vae_dict.clear()
     vae_dict.update(sorted(found.items(), key=lambda item: sd_models._natural_key(item[0])))
     _listing["done"] = True
@@ -171,7 +207,13 @@ def resolve_vae_near_checkpoint(checkpoint_file: str) -> VaeResolution:
 
 
 def resolve_vae(checkpoint_file: str) -> VaeResolution:
-    """The VAE the current (per-job) options choose for a checkpoint file (see the module docstring)."""
+    """The VAE the current (per-job) options choose for a checkpoint file (see the module docstring).
+
+    `--vae-path` comes first and wins over every option, as in A1111.
+    """
+    forced = getattr(shared.cmd_opts, "vae_path", None)
+    if forced:
+        return VaeResolution(forced, "from commandline argument")
     if shared.opts.sd_vae_overrides_per_model_preferences and not is_automatic():
         return resolve_vae_from_setting()
     res = resolve_vae_near_checkpoint(checkpoint_file)

@@ -45,27 +45,8 @@ log = logging.getLogger("sd")
 latent_upscale_default_mode = "Latent"
 
 
-def natural_sort_key(s: str, regex: re.Pattern = re.compile(r"([0-9]+)")) -> list:
-    """Sort key that orders "img2" before "img10" (case-insensitive)."""
-    return [int(text) if text.isdigit() else text.lower() for text in regex.split(s)]
-
-
-def listfiles(dirname: str) -> list[str]:
-    """Paths of the files (not folders, not hidden) directly in `dirname`, naturally sorted."""
-    names = [n for n in sorted(os.listdir(dirname), key=natural_sort_key) if not n.startswith(".")]
-    return [os.path.join(dirname, n) for n in names if os.path.isfile(os.path.join(dirname, n))]
-
-
-def walk_files(path: str, allowed_extensions: list[str] | None = None) -> Iterator[str]:
-    """Every file under `path` (recursively), optionally only those with one of `allowed_extensions`."""
-    if not os.path.exists(path):
-        return
-    allowed = {e.lower() for e in allowed_extensions} if allowed_extensions else None
-    for root, _, files in os.walk(path, followlinks=True):
-        for filename in sorted(files, key=natural_sort_key):
-            if allowed is not None and os.path.splitext(filename)[1].lower() not in allowed:
-                continue
-            yield os.path.join(root, filename)
+# One home for these helpers (A1111 extensions import them from either module).
+from modules.util import listfiles, natural_sort_key, walk_files  # noqa: E402,F401
 
 
 def list_checkpoint_tiles(use_short: bool = False) -> list[str]:

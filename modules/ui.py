@@ -8,9 +8,11 @@ generation becomes an API request and runs through `modules.api.generation` (the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -18,6 +20,8 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from modules import errors, shared, ui_handlers as h  # noqa: E402
+
+log = logging.getLogger("serena.ui")
 
 GENERATION_CONCURRENCY = 16  # jobs then wait in call_queue's FIFO, where the progress line sees them
 PROGRESS_INTERVAL_S = 0.5
@@ -46,6 +50,10 @@ class GenerationTab:
     infotext: gr.Textbox | None = None
     status: gr.HTML | None = None
     progress: gr.HTML | None = None
+    script_inputs: list = field(default_factory=list)
+    """The tab's script runner's flat argument controls (slot 0: the "Script" dropdown)."""
+    script_paste_fields: list = field(default_factory=list)
+    """The scripts' `infotext_fields`: (control, infotext key or function of the parsed infotext)."""
 
 
 # --- choices (read when the page is built) -------------------------------------------------------------
@@ -182,7 +190,7 @@ def _wire_generation(tab: GenerationTab, handler: Callable[..., Any], field_orde
     task_id = gr.State(None)
     infotexts = gr.State([])
     timer = gr.Timer(PROGRESS_INTERVAL_S, active=False)
-    inputs = [task_id, *(tab.fields[name] for name in field_order)]
+    inputs = [task_id, *(tab.fields[name] for name in field_order), *tab.script_inputs]
     outputs = [tab.gallery, tab.infotext, infotexts, tab.status]
 
     def begin() -> tuple[str, gr.Timer, str]:
@@ -208,6 +216,35 @@ def _wire_seed(tab: GenerationTab, random_seed: gr.Button, reuse_seed: gr.Button
                      show_progress="hidden")
 
 
+def _scripts_section(tab: GenerationTab) -> None:
+    """The tab's scripts: AlwaysVisible scripts' controls, then the "Script" dropdown and each
+    selectable script's controls (shown when chosen). Their values follow the tab's fields into
+    the handler, which turns them into the request's `script_name`/`script_args`/`alwayson_scripts`."""
+    from modules import scripts
+    runner = scripts.scripts_img2img if tab.kind == "img2img" else scripts.scripts_txt2img
+    with gr.Column(elem_id=f"{tab.kind}_script_container"):
+        runner.setup_ui()
+    tab.script_inputs = [c for c in runner.inputs if isinstance(c, gr.components.Component)]
+    tab.script_paste_fields = [(c, key) for c, key in runner.infotext_fields if isinstance(c, gr.components.Component)]
+    if len(tab.script_inputs) != len(runner.inputs):  # an extension returned something that is no control
+        log.warning("%s: some script controls are not Gradio components; the scripts get their defaults",
+                    tab.kind)
+        tab.script_inputs = []
+
+
+@contextlib.contextmanager
+def _current_scripts(kind: str) -> Iterator[None]:
+    """While a tab is built, `scripts.scripts_current` is its runner: scripts' before/after_component
+    hooks see the tab's components (A1111 extensions find controls by elem_id that way)."""
+    from modules import scripts
+    previous = scripts.scripts_current
+    scripts.scripts_current = scripts.scripts_img2img if kind == "img2img" else scripts.scripts_txt2img
+    try:
+        yield
+    finally:
+        scripts.scripts_current = previous
+
+
 # --- tabs ---------------------------------------------------------------------------------------------------
 def txt2img_tab() -> GenerationTab:
     tab = GenerationTab("txt2img")
@@ -218,6 +255,7 @@ def txt2img_tab() -> GenerationTab:
             _size_and_batch_fields(tab)
             seed_buttons = _seed_row(tab)
             _hires_fields(tab)
+            _scripts_section(tab)
         with gr.Column(scale=1):
             _output_panel(tab)
     _wire_generation(tab, h.txt2img, h.TXT2IMG_FIELDS)
@@ -236,6 +274,7 @@ def img2img_tab() -> GenerationTab:
             tab.fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                          elem_id="img2img_denoising_strength")
             seed_buttons = _seed_row(tab)
+            _scripts_section(tab)
         with gr.Column(scale=1):
             _output_panel(tab)
     _wire_generation(tab, h.img2img, h.IMG2IMG_FIELDS)
@@ -265,10 +304,14 @@ def _wire_paste(button: gr.Button, text: gr.Textbox, tab: GenerationTab, tabs: g
     """Fill `tab`'s fields from the infotext in `text` and switch to that tab."""
     names = [name for name in tab.fields if name not in ("init_image", "mask")]
 
-    def paste(infotext: str) -> list[Any]:
-        return [*h.paste_infotext(infotext, names), gr.Tabs(selected=tab.kind)]
+    script_fields = list(tab.script_paste_fields)
 
-    button.click(paste, inputs=text, outputs=[*(tab.fields[n] for n in names), tabs], show_progress="hidden")
+    def paste(infotext: str) -> list[Any]:
+        return [*h.paste_infotext(infotext, names), *h.paste_script_fields(infotext, script_fields),
+                gr.Tabs(selected=tab.kind)]
+
+    button.click(paste, inputs=text, outputs=[*(tab.fields[n] for n in names), *(c for c, _ in script_fields), tabs],
+                 show_progress="hidden")
 
 
 def checkpoint_row() -> gr.Dropdown:
@@ -286,17 +329,38 @@ def checkpoint_row() -> gr.Dropdown:
 
 def create_ui() -> gr.Blocks:
     """Build the whole page; choices (samplers, checkpoints, styles …) are read now."""
+    from modules import gradio_extensions, script_callbacks
+    gradio_extensions.install()
+    extension_tabs = _extension_tabs(script_callbacks.ui_tabs_callback())
     with gr.Blocks(title="Serena", analytics_enabled=False) as blocks:
         checkpoint = checkpoint_row()
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img"):
+            with gr.Tab("txt2img", id="txt2img"), _current_scripts("txt2img"):
                 txt2img = txt2img_tab()
-            with gr.Tab("img2img", id="img2img"):
+            with gr.Tab("img2img", id="img2img"), _current_scripts("img2img"):
                 img2img = img2img_tab()
             with gr.Tab("PNG Info", id="pnginfo"):
                 png_info_tab(tabs, [txt2img, img2img])
+            for component, title, elem_id in extension_tabs:
+                with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
+                    component.render()
         blocks.load(h.checkpoint_dropdown, outputs=checkpoint, queue=False, show_progress="hidden")
     return blocks
+
+
+def _extension_tabs(results: list) -> list[tuple[Any, str, str]]:
+    """The (Blocks, title, elem_id) tabs `on_ui_tabs` callbacks returned; malformed entries are
+    reported and left out."""
+    tabs = []
+    for result in results:
+        for entry in result or []:
+            try:
+                component, title, elem_id = entry[0], str(entry[1]), str(entry[2])
+            except (TypeError, IndexError):
+                errors.report(f"on_ui_tabs returned {entry!r}, not (component, title, elem_id); left out")
+                continue
+            tabs.append((component, title, elem_id))
+    return tabs
 
 
 # --- mounting ------------------------------------------------------------------------------------------------
@@ -334,20 +398,22 @@ def _theme_js(cmd_opts: argparse.Namespace) -> str | None:
             " window.location.replace(u.href); } }")
 
 
-def mount(app: FastAPI, cmd_opts: argparse.Namespace | None = None) -> FastAPI:
+def mount(app: FastAPI, cmd_opts: argparse.Namespace | None = None, blocks: gr.Blocks | None = None) -> FastAPI:
     """Mount the UI at "/" on `app` (which already serves `/sdapi/v1`) and return the app.
 
     Args:
         app: the FastAPI app from `modules.api.app.build_app`.
         cmd_opts: flags (`--gradio-auth`, `--gradio-auth-path`, `--theme`); default `shared.cmd_opts`.
+        blocks: the page from :func:`create_ui` (built now if not given).
     """
     cmd_opts = cmd_opts if cmd_opts is not None else shared.cmd_opts
-    blocks = create_ui()
+    blocks = blocks if blocks is not None else create_ui()
     blocks.queue(default_concurrency_limit=1)
     credentials = gradio_credentials(cmd_opts)
     app = gr.mount_gradio_app(app, blocks, path="/", auth=credentials, ssr_mode=False,
                               theme=gr.themes.Default(primary_hue="orange"), css=CSS, js=_theme_js(cmd_opts),
-                              show_error=True, footer_links=["api", "gradio"])
+                              show_error=True, footer_links=["api", "gradio"],
+                              allowed_paths=list(getattr(cmd_opts, "gradio_allowed_path", None) or []))
     if credentials:
         _gate_gradio_mount(app)
     return app

@@ -177,26 +177,54 @@ def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
     return present(processed, time.perf_counter() - started)
 
 
-def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
-    """Run the txt2img tab's values through `generation.run_txt2img` (the API's path)."""
-    from modules.api import generation
-    return _run(functools.partial(generation.run_txt2img, ui=True), txt2img_request(values, task_id))
+def script_fields(is_img2img: bool, script_values: Sequence[Any]) -> dict[str, Any]:
+    """The request's `script_name`, `script_args` and `alwayson_scripts` from the tab's flat script
+    argument values (slot 0: the "Script" dropdown's index, 0 = none), so the UI's scripts take the
+    API's road. An AlwaysVisible script always gets its slice; a selectable one only when chosen."""
+    from modules import scripts
+    if not script_values:
+        return {}
+    runner = scripts.scripts_img2img if is_img2img else scripts.scripts_txt2img
+    values = list(script_values)
+    fields: dict[str, Any] = {"alwayson_scripts": {
+        s.title(): {"args": values[s.args_from:s.args_to]} for s in runner.alwayson_scripts
+        if s.args_from is not None and s.args_to > s.args_from}}
+    chosen = values[0] if values and isinstance(values[0], int) else 0
+    if 0 < chosen <= len(runner.selectable_scripts):
+        script = runner.selectable_scripts[chosen - 1]
+        fields["script_name"] = script.title()
+        fields["script_args"] = values[script.args_from:script.args_to] if script.args_from is not None else []
+    return fields
 
 
-def generate_img2img(values: Mapping[str, Any], task_id: str | None = None) -> GenerationOutput:
-    """Run the img2img tab's values through `generation.run_img2img` (the API's path)."""
+def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None,
+                     script_values: Sequence[Any] = ()) -> GenerationOutput:
+    """Run the txt2img tab's values (and its scripts' values) through `generation.run_txt2img`."""
     from modules.api import generation
-    return _run(functools.partial(generation.run_img2img, ui=True), img2img_request(values, task_id))
+    request = txt2img_request(values, task_id)
+    request = request.model_copy(update=script_fields(False, script_values))
+    return _run(functools.partial(generation.run_txt2img, ui=True), request)
+
+
+def generate_img2img(values: Mapping[str, Any], task_id: str | None = None,
+                     script_values: Sequence[Any] = ()) -> GenerationOutput:
+    """Run the img2img tab's values (and its scripts' values) through `generation.run_img2img`."""
+    from modules.api import generation
+    request = img2img_request(values, task_id)
+    request = request.model_copy(update=script_fields(True, script_values))
+    return _run(functools.partial(generation.run_img2img, ui=True), request)
 
 
 def txt2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
-    """Gradio entry point: values in `TXT2IMG_FIELDS` order."""
-    return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values, strict=True)), task_id).as_tuple()
+    """Gradio entry point: values in `TXT2IMG_FIELDS` order, then the scripts' flat argument values."""
+    n = len(TXT2IMG_FIELDS)
+    return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:]).as_tuple()
 
 
 def img2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
-    """Gradio entry point: values in `IMG2IMG_FIELDS` order."""
-    return generate_img2img(dict(zip(IMG2IMG_FIELDS, values, strict=True)), task_id).as_tuple()
+    """Gradio entry point: values in `IMG2IMG_FIELDS` order, then the scripts' flat argument values."""
+    n = len(IMG2IMG_FIELDS)
+    return generate_img2img(dict(zip(IMG2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:]).as_tuple()
 
 
 def select_infotext(infotexts: Sequence[str] | None, evt: gr.SelectData) -> str:
@@ -362,6 +390,38 @@ def fields_from_infotext(text: str | None) -> dict[str, Any]:
             params.get("Sampler"), params.get("Schedule type"))
     values["enable_hr"] = "Hires upscale" in params or "Hires upscaler" in params
     return values
+
+
+def _like(default: Any, value: Any) -> Any:
+    """`value` (parsed from infotext text) converted to the type of a control's `default`."""
+    try:
+        if isinstance(default, bool):
+            return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+        if isinstance(default, int):
+            return int(float(value))
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        return gr.update()
+    return value
+
+
+def paste_script_fields(text: str | None, fields: Sequence[tuple[Any, Any]]) -> list[Any]:
+    """One output per scripts' infotext field (control, key): the value its key names in the pasted
+    infotext — a label, or a function of the parsed parameters (A1111's `infotext_fields`) — or
+    "no change" when the infotext does not have it. A failing function is reported, not raised."""
+    from modules import infotext_utils
+    params = infotext_utils.parse_generation_parameters(text or "")
+    out: list[Any] = []
+    for control, key in fields:
+        try:
+            value = key(params) if callable(key) else params.get(key)
+        except Exception:
+            errors.report(f"Error pasting infotext field into {getattr(control, 'elem_id', None) or control}",
+                          exc_info=True)
+            value = None
+        out.append(gr.update() if value is None else _like(getattr(control, "value", None), value))
+    return out
 
 
 def paste_infotext(text: str | None, field_order: Sequence[str]) -> list[Any]:

@@ -9,7 +9,9 @@ their own with :func:`register_upscaler`. Names, the ``/sdapi/v1/upscalers`` sha
 """
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 import html
 import threading
 from dataclasses import dataclass
@@ -284,6 +286,8 @@ def upscale_latent(latent: Any, mode_name: str, height: int, width: int) -> Any:
 
 
 # --- extras ----------------------------------------------------------------------------------------
+# The Extras operation runs the postprocessing scripts (`modules.scripts_postprocessing`); the built-in
+# Upscale / GFPGAN / CodeFormer scripts (scripts/postprocessing_*.py) call the steps below.
 def limit_size_by_one_dimension(w: float, h: float, limit: int) -> tuple[int, int]:
     """Shrink ``w``×``h`` so its longer side is at most ``limit``, keeping the aspect ratio."""
     if h > w and h > limit:
@@ -293,10 +297,70 @@ def limit_size_by_one_dimension(w: float, h: float, limit: int) -> tuple[int, in
     return int(w), int(h)
 
 
-def _upscale_for_extras(image: Image.Image, info: dict[str, Any], upscaler: UpscalerData, mode: int,
-                        upscale_by: float, max_side_length: int, to_w: int, to_h: int,
-                        crop: bool) -> Image.Image:
-    """One extras upscale pass (A1111's postprocessing Upscale script), recording its info keys."""
+def extras_target_size(width: int, height: int, mode: int, upscale_by: float, max_side_length: int,
+                       to_w: int | None, to_h: int | None) -> tuple[int | None, int | None]:
+    """The size the Upscale script announces in its first pass (``pp.shared.target_*``).
+
+    Mode 1 ("Scale to") gives ``to_w``×``to_h``; mode 0 the scaled size, limited to
+    ``max_side_length`` when that is above 0 (A1111 also applies a limit of 0, which turns every
+    non-square target into 0×0 and so switches off the scripts that read it; Serena does not).
+    """
+    if mode == 1:
+        return to_w, to_h
+    target = int(width * upscale_by), int(height * upscale_by)
+    if max_side_length and max_side_length > 0:
+        target = limit_size_by_one_dimension(target[0], target[1], max_side_length)
+    return target
+
+
+_upscale_cache: "collections.OrderedDict[tuple, Image.Image]" = collections.OrderedDict()
+_upscale_cache_lock = threading.Lock()
+
+
+def _cache_key(image: Image.Image, upscaler: UpscalerData, *params: Any) -> tuple:
+    """Pixels, mode, size and info of ``image``, the upscaler entry (a rescanned model file is a new
+    entry), the tiling options model upscalers read, and the upscale parameters."""
+    from modules import shared
+    digest = hashlib.sha256(image.tobytes()).hexdigest()
+    info = tuple(sorted((str(k), repr(v)) for k, v in (image.info or {}).items()))
+    tiling = tuple((k, repr(getattr(shared.opts, k))) for k in sorted(shared.opts.data_labels)
+                   if k.endswith(("_tile", "_tile_overlap")))
+    return (digest, image.mode, image.size, info, upscaler, tiling, *params)
+
+
+def _cached_upscale(image: Image.Image, upscaler: UpscalerData, upscale_by: float, key: tuple) -> Image.Image:
+    """``upscaler.upscale(image, upscale_by)``, remembered for the last
+    ``upscaling_max_images_in_cache`` requests (A1111's extras upscale cache); copies go in and out."""
+    from modules import shared
+    limit = int(getattr(shared.opts, "upscaling_max_images_in_cache", 5) or 0)
+    with _upscale_cache_lock:
+        cached = _upscale_cache.pop(key, None)
+        if cached is not None:
+            _upscale_cache[key] = cached
+            return cached.copy()
+    result = upscaler.upscale(image, upscale_by)
+    if limit > 0:
+        with _upscale_cache_lock:
+            _upscale_cache[key] = result.copy()
+            while len(_upscale_cache) > limit:
+                _upscale_cache.popitem(last=False)
+    return result
+
+
+def clear_upscale_cache() -> None:
+    """Forget the cached extras upscales (the Upscale script's ``image_changed``)."""
+    with _upscale_cache_lock:
+        _upscale_cache.clear()
+
+
+def upscale_for_extras(image: Image.Image, info: dict[str, Any], upscaler: UpscalerData, mode: int,
+                       upscale_by: float, max_side_length: int, to_w: int, to_h: int,
+                       crop: bool) -> Image.Image:
+    """One extras upscale pass (A1111's postprocessing Upscale), recording its info keys.
+
+    Mode 0 scales by ``upscale_by`` (limited to ``max_side_length`` when above 0); mode 1 scales
+    to cover ``to_w``×``to_h`` and, with ``crop``, centre-crops to exactly that size.
+    """
     if mode == 1:
         upscale_by = max(to_w / image.width, to_h / image.height)
         info["Postprocess upscale to"] = f"{to_w}x{to_h}"
@@ -308,13 +372,23 @@ def _upscale_for_extras(image: Image.Image, info: dict[str, Any], upscaler: Upsc
                                                      max_side_length)
             upscale_by = max(to_w / image.width, to_h / image.height)
             info["Max side length"] = max_side_length
-    image = upscaler.upscale(image, upscale_by)
+    key = _cache_key(image, upscaler, mode, upscale_by, to_w, to_h, crop)
+    image = _cached_upscale(image, upscaler, upscale_by, key)
     if mode == 1 and crop:
         cropped = Image.new("RGB", (to_w, to_h))
         cropped.paste(image, box=(to_w // 2 - image.width // 2, to_h // 2 - image.height // 2))
         image = cropped
         info["Postprocess crop to"] = f"{image.width}x{image.height}"
     return image
+
+
+def blend_upscales(first: Image.Image, second: Image.Image, visibility: float) -> Image.Image:
+    """``second`` blended over ``first`` by ``visibility`` (converted and resized to ``first`` if needed)."""
+    if second.mode != first.mode:
+        second = second.convert(first.mode)
+    if second.size != first.size:
+        second = second.resize(first.size, resample=LANCZOS)
+    return Image.blend(first, second, visibility)
 
 
 def _check_extras_request(resize_mode: int, upscaling_resize: float, upscaling_resize_w: int,
@@ -339,15 +413,22 @@ def _check_extras_request(resize_mode: int, upscaling_resize: float, upscaling_r
             face_restoration.check_available(name, field=field)
 
 
-def _restore_for_extras(image: Image.Image, info: dict[str, Any], name: str, visibility: float,
-                        codeformer_weight: float) -> Image.Image:
-    """A1111's GFPGAN / CodeFormer postprocessing step: restore, blend by ``visibility``, record it."""
+def restore_faces_for_extras(image: Image.Image, info: dict[str, Any], name: str, visibility: float,
+                             codeformer_weight: float | None = None) -> Image.Image:
+    """A1111's GFPGAN / CodeFormer postprocessing step: restore, blend by ``visibility``, record it.
+
+    ``codeformer_weight`` is CodeFormer's fidelity (GFPGAN has none, so it is not passed for it).
+    """
     import numpy as np
 
     from modules import face_restoration
     if not visibility:
         return image
-    restored = Image.fromarray(face_restoration.restore(np.asarray(image, dtype=np.uint8), name, codeformer_weight))
+    pixels = np.asarray(image, dtype=np.uint8)
+    if name == "CodeFormer":
+        restored = Image.fromarray(face_restoration.restore(pixels, name, codeformer_weight))
+    else:
+        restored = Image.fromarray(face_restoration.restore(pixels, name))
     if visibility < 1.0:
         restored = Image.blend(image, restored, visibility)
     info[f"{name} visibility"] = round(visibility, 3)
@@ -367,6 +448,81 @@ def plaintext_to_html(text: str) -> str:
     return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
+def extras_scripts_args(resize_mode: int = 0, upscaling_resize: float = 2.0, upscaling_resize_w: int = 512,
+                        upscaling_resize_h: int = 512, upscaling_crop: bool = True,
+                        upscaler_1: str | None = "None", upscaler_2: str | None = "None",
+                        extras_upscaler_2_visibility: float = 0.0, gfpgan_visibility: float = 0.0,
+                        codeformer_visibility: float = 0.0, codeformer_weight: float = 0.0,
+                        max_side_length: int = 0) -> dict[str, dict[str, Any]]:
+    """The postprocessing scripts' arguments for an extras API request (A1111's old ``run_extras``
+    handler): Upscale, GFPGAN and CodeFormer enabled with the request's values; every other
+    script is named nowhere, so its arguments are None."""
+    return {
+        "Upscale": {
+            "upscale_enabled": True, "upscale_mode": resize_mode, "upscale_by": upscaling_resize,
+            "max_side_length": max_side_length, "upscale_to_width": upscaling_resize_w,
+            "upscale_to_height": upscaling_resize_h, "upscale_crop": upscaling_crop,
+            "upscaler_1_name": upscaler_1, "upscaler_2_name": upscaler_2,
+            "upscaler_2_visibility": extras_upscaler_2_visibility,
+        },
+        "GFPGAN": {"enable": True, "gfpgan_visibility": gfpgan_visibility},
+        "CodeFormer": {"enable": True, "codeformer_visibility": codeformer_visibility,
+                       "codeformer_weight": codeformer_weight},
+    }
+
+
+def postprocess_image(image: Image.Image, args: list[Any], runner: Any = None) -> list[Any]:
+    """Run the postprocessing scripts on one image (converted to RGB, as A1111 does).
+
+    Args:
+        image: the input image.
+        args: the flat argument list (`ScriptPostprocessingRunner.create_args_for_run`).
+        runner: the runner; default `scripts_postprocessing.current_runner()`.
+
+    Returns:
+        The `PostprocessedImage` of the input, then one for each extra image the scripts made.
+    """
+    from modules import scripts_postprocessing, shared
+    runner = runner or scripts_postprocessing.current_runner()
+    pp = scripts_postprocessing.PostprocessedImage(image.convert("RGB"))
+    state = shared.state
+    previous_job = state.job
+    state.skipped = False
+    try:
+        runner.run(pp, args)
+    finally:
+        state.job = previous_job
+    return [pp, *pp.extra_images]
+
+
+def run_extras_images(image: Image.Image, resize_mode: int = 0, upscaling_resize: float = 2.0,
+                      upscaling_resize_w: int = 512, upscaling_resize_h: int = 512, upscaling_crop: bool = True,
+                      upscaler_1: str | None = "None", upscaler_2: str | None = "None",
+                      extras_upscaler_2_visibility: float = 0.0, upscale_first: bool = False,
+                      gfpgan_visibility: float = 0.0, codeformer_visibility: float = 0.0,
+                      codeformer_weight: float = 0.0, max_side_length: int = 0) -> tuple[list[Image.Image], str]:
+    """The extras operation with every image it makes: see :func:`run_extras`.
+
+    Returns:
+        ``(images, html_info)``: the processed image, then the extra images scripts made (e.g. an
+        extension's flipped copies), and the ``<p>…</p>`` infotext of the last of them (A1111's
+        ``html_info``).
+    """
+    _check_extras_request(resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h,
+                          gfpgan_visibility, codeformer_visibility)
+    for name in (upscaler_1, upscaler_2):  # unknown names fail before any work
+        if name not in (None, "None"):
+            find_upscaler(name)
+    from modules import scripts_postprocessing
+    runner = scripts_postprocessing.current_runner()
+    args = runner.create_args_for_run(extras_scripts_args(
+        resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h, upscaling_crop, upscaler_1,
+        upscaler_2, extras_upscaler_2_visibility, gfpgan_visibility, codeformer_visibility, codeformer_weight,
+        max_side_length))
+    entries = postprocess_image(image, args, runner)
+    return [e.image for e in entries], plaintext_to_html(extras_infotext(entries[-1].info))
+
+
 def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float = 2.0,
                upscaling_resize_w: int = 512, upscaling_resize_h: int = 512, upscaling_crop: bool = True,
                upscaler_1: str | None = "None", upscaler_2: str | None = "None",
@@ -375,15 +531,19 @@ def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float
                codeformer_weight: float = 0.0, max_side_length: int = 0) -> tuple[Image.Image, str]:
     """The extras operation behind ``/sdapi/v1/extra-single-image`` (spec §1.7).
 
-    The image is converted to RGB and upscaled by ``upscaler_1`` (nothing happens when it is
-    "None"); with ``upscaler_2`` and a visibility above 0 a second upscale is blended in.
-    Then, as A1111 orders its postprocessing, faces are restored with GFPGAN (``gfpgan_visibility``
-    above 0) and then CodeFormer (``codeformer_visibility``, fidelity ``codeformer_weight``), each
-    result blended over its input by its visibility (`modules.face_restoration`).
-    ``upscale_first`` is accepted for the API shape and, as in A1111 v1.10, changes nothing.
+    It runs the postprocessing scripts (`modules.scripts_postprocessing`: the built-in ones and
+    every extension's) with the request's values for Upscale, GFPGAN and CodeFormer, as A1111's API
+    does. The image is converted to RGB and upscaled by ``upscaler_1`` (nothing happens when it
+    is "None"); with ``upscaler_2`` and a visibility above 0 a second upscale is blended in.
+    Then, in A1111's script order, faces are restored with GFPGAN (``gfpgan_visibility`` above 0)
+    and then CodeFormer (``codeformer_visibility``, fidelity ``codeformer_weight``), each result
+    blended over its input by its visibility (`modules.face_restoration`); then any other script
+    (an extension's) runs. ``upscale_first`` is accepted for the API shape and, as in A1111
+    v1.10, changes nothing.
 
     Returns:
-        ``(image, html_info)``, e.g. ``<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>``.
+        ``(image, html_info)``, e.g. ``<p>Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos</p>``;
+        the extra images a script makes are left out (see :func:`run_extras_images`).
 
     Raises:
         errors.InvalidParameter: bad mode or size, unknown upscaler name.
@@ -391,25 +551,8 @@ def run_extras(image: Image.Image, resize_mode: int = 0, upscaling_resize: float
         face_restoration.FaceRestorerUnavailable: a restorer asked for (visibility above 0) whose
             weight file or face detector file is missing; the message names the file and folder.
     """
-    _check_extras_request(resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h,
-                          gfpgan_visibility, codeformer_visibility)
-    first = None if upscaler_1 in (None, "None") else find_upscaler(upscaler_1)
-    second = None if upscaler_2 in (None, "None") else find_upscaler(upscaler_2)
-    image = image.convert("RGB")
-    info: dict[str, Any] = {}
-    if first is not None:
-        args = (resize_mode, upscaling_resize, max_side_length, upscaling_resize_w, upscaling_resize_h, upscaling_crop)
-        upscaled = _upscale_for_extras(image, info, first, *args)
-        info["Postprocess upscaler"] = first.name
-        if second is not None and extras_upscaler_2_visibility > 0:
-            other = _upscale_for_extras(image, info, second, *args)
-            if other.mode != upscaled.mode:
-                other = other.convert(upscaled.mode)
-            if other.size != upscaled.size:
-                other = other.resize(upscaled.size, resample=LANCZOS)
-            upscaled = Image.blend(upscaled, other, extras_upscaler_2_visibility)
-            info["Postprocess upscaler 2"] = second.name
-        image = upscaled
-    image = _restore_for_extras(image, info, "GFPGAN", gfpgan_visibility, codeformer_weight)
-    image = _restore_for_extras(image, info, "CodeFormer", codeformer_visibility, codeformer_weight)
-    return image, plaintext_to_html(extras_infotext(info))
+    images, html_info = run_extras_images(
+        image, resize_mode, upscaling_resize, upscaling_resize_w, upscaling_resize_h, upscaling_crop, upscaler_1,
+        upscaler_2, extras_upscaler_2_visibility, upscale_first, gfpgan_visibility, codeformer_visibility,
+        codeformer_weight, max_side_length)
+    return images[0], html_info

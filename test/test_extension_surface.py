@@ -25,11 +25,41 @@ SURFACE = [
                                     "approximation_indexes"]),
     ("modules.sd_samplers", ["all_samplers", "all_samplers_map", "samplers", "samplers_for_img2img",
                              "find_sampler_config", "create_sampler", "set_samplers", "visible_sampler_names"]),
-    ("modules.sd_vae", []),
+    ("modules.sd_vae", ["base_vae", "loaded_vae_file", "checkpoint_info", "vae_dict", "get_filename",
+                        "refresh_vae_list", "find_vae_near_checkpoint", "resolve_vae", "reload_vae_weights",
+                        "unspecified", "load_vae", "clear_loaded_vae", "get_base_vae", "restore_base_vae"]),
+    ("modules.sd_models", ["send_model_to_cpu", "send_model_to_device", "send_model_to_trash",
+                           "get_checkpoint_state_dict", "read_state_dict", "model_data", "checkpoint_aliases",
+                           "checkpoints_list", "checkpoint_tiles", "select_checkpoint", "get_closet_checkpoint_match",
+                           "reload_model_weights", "unload_model_weights", "apply_token_merging", "CheckpointInfo",
+                           "list_models", "model_target_device", "model_path"]),
+    ("modules.devices", ["autocast", "without_autocast", "cond_cast_unet", "cond_cast_float", "has_mps",
+                         "NansException", "test_for_nans", "randn", "randn_like", "randn_without_seed",
+                         "randn_local", "manual_seed", "device", "device_interrogate", "device_gfpgan",
+                         "device_esrgan", "device_codeformer", "dtype", "dtype_vae", "dtype_unet", "dtype_inference",
+                         "unet_needs_upcast", "first_time_calculation", "torch_gc", "get_optimal_device",
+                         "get_optimal_device_name", "get_device_for", "cpu"]),
+    ("modules.ui_common", ["create_output_panel", "OutputPanel", "update_generation_info", "save_files",
+                           "folder_symbol", "refresh_symbol"]),
+    ("modules.script_loading", ["load_module", "preload_extensions", "loaded_scripts"]),
+    ("modules.shared_items", ["list_checkpoint_tiles", "refresh_checkpoints", "sd_vae_items", "refresh_vae_list",
+                              "postprocessing_scripts", "sd_unet_items", "refresh_unet_list", "list_samplers",
+                              "cross_attention_optimizations", "realesrgan_models_names", "reload_hypernetworks",
+                              "ui_reorder_categories"]),
+    ("modules.util", ["natural_sort_key", "listfiles", "html_path", "html", "walk_files", "ldm_print",
+                      "truncate_path", "MassFileLister", "topological_sort", "load_file_from_url"]),
+    ("modules.launch_utils", ["is_installed", "run", "run_pip", "run_git", "git_clone", "git_tag", "commit_hash",
+                              "python", "git", "index_url", "repo_dir", "requirements_met", "args",
+                              "prepare_environment"]),
+    ("launch", ["is_installed", "run", "run_pip", "git_tag", "commit_hash", "python", "index_url", "repo_dir",
+                "args", "main"]),
+    ("modules.ui_extra_networks", ["ExtraNetworksPage", "register_page", "extra_pages", "quote_js",
+                                   "allowed_dirs", "initialize", "register_default_pages", "ExtraNetworksItem"]),
     ("modules.extra_networks", []),
     ("modules.ui_components", ["ToolButton", "ResizeHandleRow", "FormRow", "FormColumn", "FormGroup", "FormHTML",
                                "FormColorPicker", "DropdownMulti", "DropdownEditable", "InputAccordion", "FormComponent"]),
     ("modules.ui_common", ["create_refresh_button", "plaintext_to_html"]),
+    ("modules.processing", ["merge_hijack_notes"]),
     ("modules.errors", ["report", "display", "display_once", "print_error_explanation", "run", "exception_records"]),
     ("modules.images", ["image_grid", "draw_grid_annotations", "GridAnnotation", "draw_prompt_matrix", "save_image",
                         "resize_image", "get_font", "Grid", "split_grid", "combine_grid"]),
@@ -405,7 +435,6 @@ def test_scripts_basedir_and_scripts_data_naming(tmp_path):
         "        return 'My script'\n"
         "    def show(self, is_img2img):\n"
         "        return scripts.AlwaysVisible\n")
-    previous = list(scripts.scripts_data)
     try:
         found = scripts.load_scripts([str(ext)])
         assert len(found) == 1
@@ -415,8 +444,8 @@ def test_scripts_basedir_and_scripts_data_naming(tmp_path):
         assert data.module.HERE == str(ext)
         assert scripts.scripts_data[-1] is data
     finally:
-        scripts.scripts_data[:] = previous
-        scripts._rebuild_runners()
+        scripts.load_scripts()  # back to the install's own scripts (built-ins, postprocessing ones)
+    assert not any(d.path.endswith("my_script.py") for d in scripts.scripts_data)
     assert scripts.basedir() == paths.script_path
     pp = scripts.PostprocessImageArgs(Image.new("RGB", (8, 8)))
     assert pp.image.size == (8, 8)
@@ -469,3 +498,411 @@ def test_sample_to_image_decodes_with_the_model():
     assert sd_samplers_common.samples_to_image_grid(latents).size == (128, 64)
     back = sd_samplers_common.images_tensor_to_samples(torch.zeros(1, 3, 64, 64))
     assert back.shape == (1, 4, 8, 8)
+
+
+# --- cmd_args: A1111 flags extensions read from shared.cmd_opts ----------------------------------------------
+STORE_TRUE_FLAGS = ["--disable-safe-unpickle", "--gradio-debug", "--ui-debug-mode", "--disable-console-progressbars",
+                    "--enable-console-prompts", "--opt-channelslast", "--always-batch-cond-uncond", "--administrator",
+                    "--log-startup", "--use-textbox-seed", "--force-enable-xformers", "--no-progressbar-hiding",
+                    "--xformers", "--opt-sdp-attention", "--medvram", "--lowvram", "--no-half", "--no-half-vae",
+                    "--upcast-sampling", "--api-log"]
+MODEL_FOLDERS = {"esrgan_models_path": "ESRGAN", "gfpgan_models_path": "GFPGAN", "codeformer_models_path": "Codeformer",
+                 "realesrgan_models_path": "RealESRGAN", "scunet_models_path": "ScuNET", "swinir_models_path": "SwinIR",
+                 "ldsr_models_path": "LDSR"}
+
+
+def test_a1111_flags_have_a1111_defaults(tmp_path):
+    import os
+    from modules import cmd_args, paths
+    ns = cmd_args.parse(["--data-dir", str(tmp_path)], environ={})
+    for dest, folder in MODEL_FOLDERS.items():
+        assert getattr(ns, dest) == os.path.join(str(tmp_path), "models", folder), dest
+    assert ns.gradio_allowed_path == []  # Serena does not let the UI serve the data folder unless told
+    assert ns.textual_inversion_templates_dir == os.path.join(paths.script_path, "textual_inversion_templates")
+    assert ns.localizations_dir == os.path.join(paths.script_path, "localizations")
+    assert (ns.vae_path, ns.clip_models_path, ns.loglevel, ns.precision) == (None, None, None, "autocast")
+    assert not any(getattr(ns, f[2:].replace("-", "_")) for f in STORE_TRUE_FLAGS)
+    models = cmd_args.parse(["--models-dir", str(tmp_path / "m")], environ={})
+    assert models.esrgan_models_path == os.path.join(str(tmp_path / "m"), "ESRGAN")
+
+
+def test_a1111_flags_parse_and_say_whether_serena_honours_them(tmp_path):
+    from modules import cmd_args
+    given = cmd_args.parse([*STORE_TRUE_FLAGS, "--loglevel", "DEBUG", "--vae-path", "v.safetensors",
+                            "--gradio-allowed-path", "/srv/a", "--gradio-allowed-path", "/srv/b",
+                            "--esrgan-models-path", "/m/esr", "--clip-models-path", "/m/clip", "--precision", "full",
+                            "--data-dir", str(tmp_path)], environ={})
+    assert all(getattr(given, f[2:].replace("-", "_")) for f in STORE_TRUE_FLAGS)
+    assert (given.loglevel, given.vae_path, given.esrgan_models_path, given.clip_models_path, given.precision) == (
+        "DEBUG", "v.safetensors", "/m/esr", "/m/clip", "full")
+    assert given.gradio_allowed_path == ["/srv/a", "/srv/b"]
+    helps = {a.dest: a.help or "" for a in cmd_args.build_parser()._actions}
+    for honoured in ("vae_path", "loglevel", "no_half", "no_half_vae", "precision", "api_log", "disable_nan_check",
+                     "gradio_allowed_path", "ui_debug_mode"):
+        assert "Serena" in helps[honoured] and "compatibility" not in helps[honoured], honoured
+    for compat in ("xformers", "opt_sdp_attention", "medvram", "lowvram", "upcast_sampling", "gradio_debug",
+                   "opt_channelslast", "esrgan_models_path",
+                   "disable_safe_unpickle", "use_textbox_seed", "always_batch_cond_uncond"):
+        assert "accepted for A1111 compatibility" in helps[compat], compat
+
+
+def test_loglevel_sets_the_log_level(monkeypatch):
+    from modules import launch_utils
+    monkeypatch.delenv("SD_WEBUI_LOG_LEVEL", raising=False)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        assert launch_utils.setup_logging(None) is False and root.level == level
+        assert launch_utils.setup_logging("debug") is True and root.level == logging.DEBUG
+        monkeypatch.setenv("SD_WEBUI_LOG_LEVEL", "ERROR")
+        assert launch_utils.setup_logging(None) is True and root.level == logging.ERROR
+    finally:
+        root.setLevel(level)
+    with pytest.raises(ValueError, match="LOUD"):
+        launch_utils.setup_logging("LOUD")
+
+
+# --- devices -------------------------------------------------------------------------------------------------
+def test_devices_autocast_casts_and_noise():
+    import torch
+    from modules import devices, rng
+    assert devices.device.type == "cpu" and devices.dtype == torch.float32  # the test machine's choice
+    with devices.autocast(), devices.without_autocast(), devices.autocast(disable=True):
+        product = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert product.dtype == torch.float32
+    t = torch.ones(2, dtype=torch.float16)
+    assert devices.cond_cast_unet(t) is t and devices.cond_cast_float(t) is t and devices.unet_needs_upcast is False
+    noise = devices.randn(1234, (1, 4, 8, 8))
+    assert torch.equal(noise, rng.randn(1234, (1, 4, 8, 8)))  # the noise the pipeline draws for that seed
+    assert not torch.equal(noise, devices.randn(1235, (1, 4, 8, 8)))
+    devices.manual_seed(5)
+    first = devices.randn_without_seed((3,))
+    devices.manual_seed(5)
+    assert torch.equal(first, devices.randn_without_seed((3,)))
+    like = devices.randn_like(torch.zeros(2, 3, dtype=torch.float64))
+    assert like.shape == (2, 3) and like.dtype == torch.float64
+    assert torch.equal(devices.randn_local(7, (2,)), devices.randn(7, (2,)))
+    devices.first_time_calculation()
+    assert devices.has_mps() in (True, False)
+
+
+def test_devices_nan_check_is_serenas_nan_error(monkeypatch):
+    import torch
+    from modules import cmd_args, devices, errors, shared
+    assert devices.NansException is errors.NansDetected
+    nans = torch.full((2, 2), float("nan"))
+    with pytest.raises(devices.NansException, match="--no-half-vae"):
+        devices.test_for_nans(nans, "vae")
+    with pytest.raises(errors.NansDetected, match="UNet"):
+        devices.test_for_nans(nans, "unet")
+    devices.test_for_nans(torch.tensor([float("nan"), 1.0]), "unet")  # A1111 checks for all-NaN only
+    monkeypatch.setattr(shared, "cmd_opts", cmd_args.parse(["--disable-nan-check"], environ={}))
+    devices.test_for_nans(nans, "unet")
+
+
+def test_devices_setup_fills_the_per_task_devices(monkeypatch):
+    import torch
+    from modules import cmd_args, devices
+    for name in ("device", "dtype", "dtype_vae", "dtype_unet", "dtype_inference", *devices.TASK_DEVICES):
+        monkeypatch.setattr(devices, name, getattr(devices, name))
+    devices.setup(cmd_args.parse(["--use-cpu", "interrogate", "--no-half"], environ={}))
+    assert devices.device_interrogate == torch.device("cpu")
+    assert devices.device_esrgan == devices.device_gfpgan == devices.device_codeformer == devices.device
+    assert devices.dtype_inference == devices.dtype == torch.float32
+
+
+# --- sd_models helpers ---------------------------------------------------------------------------------------
+class _PickledObject:
+    """Not a tensor: a pickled file holding one must be refused (unpickling it would run code)."""
+
+
+def test_read_state_dict_is_safe_and_renames_old_keys(env, tmp_path):
+    import torch
+    from modules import errors, sd_models, shared
+    info = shared.sd_model.sd_checkpoint_info
+    state = sd_models.read_state_dict(info.filename)
+    assert state and all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in state.values())
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"cond_stage_model.transformer.encoder.layers.0.w": torch.ones(1)}, "global_step": 7},
+               str(old))
+    assert list(sd_models.read_state_dict(str(old), print_global_state=True)) == [
+        "cond_stage_model.transformer.text_model.encoder.layers.0.w"]
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(1)}, "payload": _PickledObject()}, str(evil))
+    with pytest.raises(errors.CheckpointLoadError, match="pickled"):
+        sd_models.read_state_dict(str(evil))
+
+    class Timer:
+        def __init__(self):
+            self.records = []
+
+        def record(self, what):
+            self.records.append(what)
+    timer = Timer()
+    assert sd_models.get_checkpoint_state_dict(info, timer).keys() == state.keys()
+    assert timer.records == ["calculate hash", "load weights from disk"]
+
+
+def test_model_path_is_a1111s_string_and_still_callable(env):
+    import os
+    from modules import sd_models, shared
+    folder = shared.data_paths.sd_model_dir
+    assert os.path.join(sd_models.model_path, "x.safetensors") == os.path.join(folder, "x.safetensors")
+    assert sd_models.model_path == folder and sd_models.model_path() == folder
+
+
+def test_send_model_helpers(env):
+    from modules import sd_models, shared
+    model = shared.sd_model
+    assert sd_models.model_target_device(model) == model.home_device
+    sd_models.send_model_to_cpu(model)
+    assert model.device.type == "cpu"
+    sd_models.send_model_to_device(model)
+    assert model.device == model.home_device
+    sd_models.apply_token_merging(model, 0.5)  # accepted, nothing changes
+    spare = sd_models.load_checkpoint(model.sd_checkpoint_info)
+    sd_models.send_model_to_trash(spare)
+    assert next(spare.unet.parameters()).is_meta
+    assert shared.sd_model is model and spare not in sd_models.model_data.loaded_sd_models
+
+
+# --- sd_vae ----------------------------------------------------------------------------------------------------
+def test_vae_path_flag_wins_over_the_vae_options(env, monkeypatch):
+    import os
+    from job_helpers import image_bytes, job
+    from modules import demo_checkpoint, infotext_utils, sd_vae, shared
+    model = shared.sd_model
+    own = model.vae
+    vae_file = demo_checkpoint.write_demo_vae(os.path.join(env, "elsewhere", "forced-vae.safetensors"))
+    before = job(steps=1)
+    monkeypatch.setattr(shared.cmd_opts, "vae_path", vae_file)
+    shared.opts.data["sd_vae"] = "None"
+    try:
+        assert sd_vae.resolve_vae(model.sd_checkpoint_info.filename).tuple() == (vae_file, "from commandline argument")
+        sd_vae.reload_vae_weights()
+        assert sd_vae.loaded_vae_file == vae_file and sd_vae.checkpoint_info is model.sd_checkpoint_info
+        assert sd_vae.get_filename(vae_file) == "forced-vae.safetensors"
+        assert set(sd_vae.base_vae) == set(own.state_dict())
+        forced = job(steps=1)
+        assert infotext_utils.parse_generation_parameters(forced.infotexts[0])["VAE"] == "forced-vae.safetensors"
+        assert image_bytes(forced) != image_bytes(before)
+    finally:
+        monkeypatch.undo()
+        shared.opts.data.pop("sd_vae", None)
+        sd_vae.restore_base_vae(model)
+    assert model.vae is own and sd_vae.base_vae is None and sd_vae.loaded_vae_file is None
+
+
+# --- processing: model_hijack notes ------------------------------------------------------------------------------
+def test_model_hijack_notes_reach_the_infotext_and_are_cleared(env):
+    from modules import infotext_utils, processing, scripts
+    from modules.sd_hijack import model_hijack
+
+    class Note(scripts.Script):
+        def title(self):
+            return "Hijack note"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process_batch(self, p, *args, **kwargs):
+            model_hijack.comments.append("Note from an extension")
+            model_hijack.extra_generation_params["Hijack param"] = "on"
+
+    def make(with_script):
+        p = processing.StableDiffusionProcessingTxt2Img(
+            prompt="a red cube", seed=1, steps=1, width=64, height=64, sampler_name="Euler",
+            do_not_save_samples=True, do_not_save_grid=True)
+        if with_script:
+            runner = scripts.ScriptRunner()
+            runner.add_script(Note())
+            p.scripts, p.script_args = runner, []
+        return p
+
+    model_hijack.comments.append("stale note from an earlier job")
+    noted = processing.process_images(make(True))
+    assert "Note from an extension" in noted.comments and "stale" not in noted.comments
+    assert infotext_utils.parse_generation_parameters(noted.infotexts[0])["Hijack param"] == "on"
+    plain = processing.process_images(make(False))
+    assert "Hijack param" not in plain.infotexts[0] and "Note from an extension" not in plain.comments
+
+
+# --- ui_common.create_output_panel -------------------------------------------------------------------------------
+def test_create_output_panel_has_a1111_fields_and_saves(env, tmp_path):
+    import json
+    import os
+    import gradio as gr
+    from job_helpers import job
+    from modules import infotext_utils, shared, ui_common
+    before = len(infotext_utils.registered_param_bindings)
+    with gr.Blocks():
+        panel = ui_common.create_output_panel("txt2img", str(tmp_path))
+        extras = ui_common.create_output_panel("extras", str(tmp_path))
+    try:
+        assert isinstance(panel.gallery, gr.Gallery) and isinstance(panel.infotext, gr.HTML)
+        assert isinstance(panel.html_log, gr.HTML) and isinstance(panel.generation_info, gr.Textbox)
+        assert panel.generation_info.visible is False and panel.button_upscale is not None
+        assert extras.button_upscale is None and isinstance(extras.generation_info, gr.HTML)
+        bindings = infotext_utils.registered_param_bindings[before:]
+        assert [b.tabname for b in bindings] == ["img2img", "inpaint", "extras"] * 2
+        assert bindings[0].source_image_component is panel.gallery and bindings[0].source_tabname == "txt2img"
+    finally:
+        del infotext_utils.registered_param_bindings[before:]
+
+    res = job(steps=1, batch_size=2)
+    info = res.js()
+    assert ui_common.update_generation_info(info, "<p>old</p>", 1)[0] == ui_common.plaintext_to_html(res.infotexts[1])
+    assert ui_common.update_generation_info("not json", "<p>old</p>", 0)[0] == "<p>old</p>"
+    shared.opts.data["outdir_save"] = str(tmp_path / "saved")
+    try:
+        files, log = ui_common.save_files(info, [(image, None) for image in res.images], False, 1)
+        saved = [f for f in files["value"] if f.endswith(".png")]
+        assert len(saved) == 1 and Image.open(saved[0]).info["parameters"] == res.infotexts[1]  # save_selected_only
+        assert "Saved: " in log and os.path.isfile(tmp_path / "saved" / "log.csv")
+        shared.opts.data["save_selected_only"] = False
+        files, _ = ui_common.save_files(info, [(image, None) for image in res.images], True, -1)
+        assert files["value"][0].endswith(".zip") and len([f for f in files["value"] if f.endswith(".png")]) == 2
+    finally:
+        shared.opts.data.pop("outdir_save", None)
+        shared.opts.data.pop("save_selected_only", None)
+
+
+# --- script_loading, util, shared_items, launch_utils, ui_extra_networks ---------------------------------------------
+def test_script_loading_runs_preloads_and_loads_modules(tmp_path):
+    import argparse
+    from modules import script_loading
+    root = tmp_path / "extensions"
+    for name, body in (("ext-a", "def preload(parser):\n    parser.add_argument('--ext-a-dir', default='x')\n"),
+                       ("ext-broken", "raise RuntimeError('broken preload')\n"),
+                       ("ext-b", "def preload(parser):\n    parser.add_argument('--ext-b-flag', "
+                                 "action='store_true')\n")):
+        (root / name).mkdir(parents=True)
+        (root / name / "preload.py").write_text(body)
+    parser = argparse.ArgumentParser()
+    script_loading.preload_extensions(str(root), parser)  # the broken one is reported, the others run
+    ns = parser.parse_args(["--ext-b-flag"])
+    assert ns.ext_a_dir == "x" and ns.ext_b_flag is True
+    only_b = argparse.ArgumentParser()
+    script_loading.preload_extensions(str(root), only_b, extension_list=["ext-b"])
+    assert not hasattr(only_b.parse_args([]), "ext_a_dir")
+    helper = tmp_path / "helper.py"
+    helper.write_text("VALUE = 41 + 1\n")
+    module = script_loading.load_module(str(helper))
+    assert module.VALUE == 42 and module.__name__ == "helper.py"
+    assert script_loading.loaded_scripts[str(helper)] is module
+
+
+def test_util_helpers(tmp_path, capsys):
+    import os
+    from modules import shared, util
+    (tmp_path / "a" / ".hidden").mkdir(parents=True)
+    for name in ("img10.png", "img2.png", "a/x.txt", "a/.hidden/y.png"):
+        (tmp_path / name).write_text("x")
+    assert [os.path.basename(p) for p in util.listfiles(str(tmp_path))] == ["img2.png", "img10.png"]
+    assert [os.path.basename(p) for p in util.walk_files(str(tmp_path), [".png"])] == ["img2.png", "img10.png", "y.png"]
+    shared.opts.data["list_hidden_files"] = False
+    try:
+        assert [os.path.basename(p) for p in util.walk_files(str(tmp_path), [".png"])] == ["img2.png", "img10.png"]
+    finally:
+        shared.opts.data.pop("list_hidden_files")
+    assert util.truncate_path(str(tmp_path / "a" / "x.txt"), str(tmp_path)) == os.path.join("a", "x.txt")
+    assert util.truncate_path("/elsewhere/f", str(tmp_path)) == "/elsewhere/f"
+    lister = util.MassFileLister()
+    assert lister.exists(str(tmp_path / "img2.png")) and lister.mctime(str(tmp_path / "img2.png"))[0] > 0
+    assert not lister.exists(str(tmp_path / "nope.png")) and lister.mctime(str(tmp_path / "nope.png")) == (0, 0)
+    assert util.html("no-such-snippet.html") == ""
+    assert util.topological_sort({"b": ["a"], "a": []}) == ["a", "b"]
+    util.ldm_print("ldm noise")  # silenced by hide_ldm_prints (default on)
+    assert "ldm noise" not in capsys.readouterr().out
+    (tmp_path / "model.pth").write_text("weights")
+    assert util.load_file_from_url("https://example.invalid/model.pth", model_dir=str(tmp_path)) == str(
+        tmp_path / "model.pth")
+
+
+def test_shared_items_lists(env):
+    from modules import script_callbacks, sd_models, shared_items
+    assert shared_items.list_checkpoint_tiles() == sd_models.checkpoint_tiles() and shared_items.list_checkpoint_tiles()
+    assert shared_items.sd_vae_items()[:2] == ["Automatic", "None"]
+    assert shared_items.list_samplers()[0].name == "DPM++ 2M"
+
+    class Unet:
+        label = "My UNet"
+
+    def add(found):
+        found.append(Unet())
+    script_callbacks.on_list_unets(add, name="test-unets")
+    try:
+        assert shared_items.sd_unet_items() == ["Automatic", "My UNet", "None"]
+    finally:
+        script_callbacks.remove_callbacks_for_function(add)
+    assert shared_items.sd_unet_items() == ["Automatic", "None"]
+    assert shared_items.cross_attention_optimizations() == ["Automatic", "None"]
+    assert isinstance(shared_items.postprocessing_scripts(), list)
+
+
+def test_launch_utils_are_what_launch_exports(tmp_path):
+    import os
+    import launch
+    from modules import launch_utils, paths, shared
+    assert launch.run_pip is launch_utils.run_pip
+    assert launch.is_installed("pip") and not launch.is_installed("no-such-pkg-x")
+    assert launch.args is shared.cmd_opts
+    assert launch.run(f'"{launch.python}" -c "print(6 * 7)"').strip() == "42"
+    with pytest.raises(RuntimeError, match="Error code: 3"):
+        launch.run(f'"{launch.python}" -c "import sys; sys.exit(3)"', errdesc="failing step")
+    assert launch.repo_dir("x") == os.path.join(paths.script_path, "repositories", "x")
+    assert launch.git_tag() and launch.commit_hash()
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(f"pytest=={pytest.__version__}\n# a comment\nsomething>=1\n")
+    assert launch_utils.requirements_met(str(requirements))
+    requirements.write_text("pytest==0.0.1\n")
+    assert not launch_utils.requirements_met(str(requirements))
+
+
+def test_extra_networks_page_subclass_registers(tmp_path):
+    import json
+    import os
+    from modules import ui_extra_networks as uen
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    (nets / "mynet.safetensors").write_bytes(b"x")
+    Image.new("RGB", (8, 8)).save(nets / "mynet.preview.png")
+    (nets / "mynet.txt").write_text("what it does")
+    (nets / "mynet.json").write_text(json.dumps({"activation text": "trigger"}))
+
+    class Page(uen.ExtraNetworksPage):
+        def __init__(self):
+            super().__init__("My Nets")
+
+        def list_items(self):
+            yield self.create_item("mynet", 0)
+
+        def create_item(self, name, index=None):
+            path = str(nets / name)
+            item = {"name": name, "filename": path + ".safetensors", "prompt": uen.quote_js(f"<mynet:{name}:1>"),
+                    "preview": self.find_preview(path), "description": self.find_description(path),
+                    "search_terms": [self.search_terms_from_path(path + ".safetensors")],
+                    "sort_keys": self.get_sort_keys(path + ".safetensors")}
+            self.read_user_metadata(item)
+            return item
+
+        def allowed_directories_for_previews(self):
+            return [str(nets)]
+
+    before = list(uen.extra_pages)
+    page = Page()
+    try:
+        uen.register_page(page)
+        assert uen.extra_pages[-1] is page and str(nets) in uen.allowed_dirs
+        assert (page.name, page.extra_networks_tabname) == ("my nets", "my_nets")
+        item = page.create_item("mynet")
+        assert item["preview"].startswith("./sd_extra_networks/thumb?filename=")
+        assert "mynet.preview.png" in item["preview"]
+        assert item["description"] == "what it does" and item["user_metadata"] == {"activation text": "trigger"}
+        assert item["search_terms"] == [os.path.join("nets", "mynet.safetensors")]
+        assert item["sort_keys"]["name"] == "mynet.safetensors"
+        assert "mynet" in page.create_html("txt2img") and page.items["mynet"]["prompt"] == '"<mynet:mynet:1>"'
+    finally:
+        uen.extra_pages[:] = before
+        uen.allowed_dirs.clear()
+    assert uen.quote_js('a "b" \\') == '"a \\"b\\" \\\\"'

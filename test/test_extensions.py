@@ -221,7 +221,7 @@ def test_broken_script_is_reported_and_the_others_load(ext_data, caplog):
     assert "Zed" in scripts.scripts_txt2img.titles
     load()  # a reload replaces the callbacks the extension's script registered, it does not add more
     names = [c.name for c in script_callbacks.callback_map["callbacks_before_ui"]]
-    assert names.count("alpha before ui") == 1
+    assert names == ["alpha/alpha.py/before_ui/alpha before ui"]  # A1111 naming: <ext>/<file>/<hook>/<name>
 
 
 def test_disabled_extensions_and_disable_flags(ext_data):
@@ -265,3 +265,77 @@ def test_extension_script_hooks_run_in_a_real_job(env, ext_data):  # noqa: F811
         shared.state.reset()
     assert len(processed.images) == 1
     assert alpha.calls == ["process", "before_process_batch", "postprocess_image", "postprocess"]
+
+
+ORDER_SCRIPT = """
+    from modules import script_callbacks, scripts
+
+    RAN = []
+    script_callbacks.on_model_loaded(lambda m: RAN.append("{name}"), name="mark")
+
+    class {cls}(scripts.Script):
+        def title(self):
+            return "{cls}"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def process(self, p, *args):
+            p.order.append("{name}")
+"""
+
+
+def _order_extensions(data: str, metadata: str = "") -> None:
+    for ext, name, cls in (("c-first", "first", "FirstScript"), ("d-second", "second", "SecondScript")):
+        write(os.path.join(data, "extensions", ext, "scripts", f"{name}.py"),
+              ORDER_SCRIPT.replace("{name}", name).replace("{cls}", cls))
+    if metadata:
+        write(os.path.join(data, "extensions", "d-second", "metadata.ini"), metadata)
+    shared.cmd_opts.skip_install = True
+
+
+def _callback_order() -> list[str]:
+    ran: list[str] = []
+    for entry in script_callbacks.ordered_callbacks("model_loaded"):
+        if entry.name.endswith("/mark"):
+            ran.append(entry.name.split("/")[0])
+    return ran
+
+
+def _script_order() -> list[str]:
+    from types import SimpleNamespace
+    p = SimpleNamespace(order=[], script_args=[0])
+    scripts.scripts_txt2img.process(p)
+    return p.order
+
+
+def test_callbacks_and_script_hooks_follow_load_order_by_default(ext_data):
+    _order_extensions(ext_data)
+    load()
+    assert _callback_order() == ["c-first", "d-second"]
+    assert _script_order() == ["first", "second"]
+
+
+def test_metadata_callback_rules_reorder_callbacks_and_script_hooks(ext_data):
+    # A1111 names: <extension>/<file>/<hook>[/<name>]; script hooks are script_<hook>/<class>
+    _order_extensions(ext_data, """
+        [callbacks/d-second/second.py/model_loaded/mark]
+        Before = c-first/first.py/model_loaded/mark
+
+        [callbacks/d-second/second.py/script_process/SecondScript]
+        Before = c-first/first.py/script_process/FirstScript
+    """)
+    load()
+    assert _callback_order() == ["d-second", "c-first"]
+    assert _script_order() == ["second", "first"]
+
+
+def test_user_priority_options_put_named_callbacks_first(ext_data):
+    _order_extensions(ext_data)
+    load()
+    assert "prioritized_callbacks_model_loaded" in shared.opts.data_labels  # the "Callbacks" settings
+    assert "prioritized_callbacks_script_process" in shared.opts.data_labels
+    shared.opts.data["prioritized_callbacks_model_loaded"] = ["d-second/second.py/model_loaded/mark"]
+    shared.opts.data["prioritized_callbacks_script_process"] = ["d-second/second.py/script_process/SecondScript"]
+    assert _callback_order() == ["d-second", "c-first"]
+    assert _script_order() == ["second", "first"]

@@ -389,3 +389,12 @@ def test_next_sequence_number_as_a1111(names, basename):
 def test_styles_tag_without_a_style_list_is_written_back():
     assert images.FilenameGenerator(make_p(styles=None), 1, "a cat", IMG).apply("[styles]") == "[styles]"
     assert images.FilenameGenerator(make_p(styles=[]), 1, "a cat", IMG).apply("[styles]") == "None"
+
+
+def test_a_tag_an_extension_adds_to_the_class_dict_is_expanded(monkeypatch):
+    from modules import images
+    monkeypatch.setitem(images.FilenameGenerator.replacements, "fancy",
+                        lambda self, *args: f"fancy-{self.seed}-{'-'.join(args)}")
+    monkeypatch.setitem(images.FilenameGenerator.replacements, "seed", lambda self: "overridden")
+    gen = images.FilenameGenerator(None, 42, "a prompt", None)
+    assert gen.apply("[fancy<x><y>]_[seed]_[none]") == "fancy-42-x-y_overridden_"

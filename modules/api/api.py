@@ -203,9 +203,9 @@ class Api:
         kwargs = req.model_dump(exclude={"image", "imageList", "show_extras_results"})
         outputs, html = [], ""
         with self.queue_lock:
-            for image in images:
-                out, html = upscaling.run_extras(image, **kwargs)
-                outputs.append(out)
+            for image in images:  # every image a script makes (flipped copies, split tiles …) comes back
+                made, html = upscaling.run_extras_images(image, **kwargs)
+                outputs.extend(made)
         return outputs, html
 
     def pnginfoapi(self, req: m.PNGInfoRequest) -> m.PNGInfoResponse:

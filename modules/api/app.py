@@ -11,6 +11,7 @@ request-validation failures keep FastAPI's `{"detail": [{loc, msg, type}]}` shap
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import logging
@@ -123,22 +124,67 @@ def parse_credentials(spec: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def credentials_match(credentials: list[tuple[str, str]], user: str, password: str) -> bool:
+    """Whether (user, password) is one of `credentials`, compared in constant time (no early exit)."""
+    given_user, given_password = user.encode("utf8"), password.encode("utf8")
+    ok = False
+    for u, p in credentials:
+        ok |= secrets.compare_digest(given_user, u.encode("utf8")) & secrets.compare_digest(given_password, p.encode("utf8"))
+    return ok
+
+
 def make_auth_dependency(credentials: list[tuple[str, str]]) -> Callable[..., None]:
     """A FastAPI dependency enforcing HTTP Basic against `credentials` in constant time."""
     basic = HTTPBasic(auto_error=False)
-    encoded = [(u.encode("utf8"), p.encode("utf8")) for u, p in credentials]
 
     def check(given: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if given is None:
-            raise AuthFailed("Incorrect username or password")
-        user, password = given.username.encode("utf8"), given.password.encode("utf8")
-        ok = False
-        for u, p in encoded:  # no early exit: every pair is compared
-            ok |= secrets.compare_digest(user, u) & secrets.compare_digest(password, p)
-        if not ok:
+        if given is None or not credentials_match(credentials, given.username, given.password):
             raise AuthFailed("Incorrect username or password")
 
     return check
+
+
+class BasicAuthGate:
+    """ASGI wrapper putting one route (an extension's) behind the API's HTTP Basic credentials."""
+
+    def __init__(self, app: Any, credentials: list[tuple[str, str]]) -> None:
+        self.app = app
+        self.credentials = credentials
+
+    def _allowed(self, scope: dict) -> bool:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode("utf8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return bool(sep) and credentials_match(self.credentials, user, password)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] in ("http", "websocket") and not self._allowed(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            response = JSONResponse(error_body(AuthFailed("Incorrect username or password")), status_code=401,
+                                    headers=AuthFailed.headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def run_app_started(app: FastAPI, demo: Any) -> None:
+    """Fire `on_app_started(demo, app)` (demo is None without the UI). Routes the callbacks add are
+    served like the API's: behind its credentials when `--api-auth`/`--gradio-auth` is set."""
+    from modules import script_callbacks
+    before = {id(route) for route in app.router.routes}
+    script_callbacks.app_started_callback(demo, app)
+    credentials = getattr(app.state, "serena_credentials", None)
+    if credentials:
+        for route in app.router.routes:
+            if id(route) not in before:
+                route.app = BasicAuthGate(route.app, credentials)
 
 
 # --- pure ASGI middleware (cheaper than BaseHTTPMiddleware on every request) -------------------
@@ -251,7 +297,8 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
     # The API is always served (A1111 needs --api). So that a UI login never leaves the API open,
     # --gradio-auth also guards the API unless --api-auth names its own users.
     credentials = getattr(cmd_opts, "api_auth", None) or getattr(cmd_opts, "gradio_auth", None)
-    auth = make_auth_dependency(parse_credentials(credentials)) if credentials else None
+    app.state.serena_credentials = parse_credentials(credentials) if credentials else None
+    auth = make_auth_dependency(app.state.serena_credentials) if credentials else None
     guarded = [Depends(auth)] if auth else []
     Api(app, cmd_opts=cmd_opts, auth=auth)
     add_docs_routes(app, guarded)

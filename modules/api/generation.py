@@ -191,7 +191,13 @@ def build_script_args(req: m._ProcessingFields, runner: Any) -> tuple[Any, list[
         args[i] = getattr(control, "value", None)
     args[0] = 0
     if script is not None:
-        args[script.args_from:script.args_to] = list(req.script_args)
+        given = list(req.script_args)
+        if len(given) <= script.args_to - script.args_from:
+            # Fewer values than the script has controls: the rest keep their defaults. (A1111 shrinks
+            # the array instead, so `run` gets too few arguments and fails.)
+            args[script.args_from:script.args_from + len(given)] = given
+        else:
+            args[script.args_from:script.args_to] = given  # more values: passed on, as in A1111
         args[0] = selectable.index(script) + 1
     for name, spec in req.alwayson_scripts.items():
         found = _find_script(runner, name, every)

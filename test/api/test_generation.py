@@ -250,9 +250,9 @@ def test_img2img_errors(client, init_image):
     assert r.status_code == 422 and "mask" in r.json()["detail"]
     r = client.post(f"{API}/img2img", json=img2img_payload(init_image, init_images=[init_image] * 3, batch_size=2))
     assert r.status_code == 422 and "init_images" in r.json()["detail"]
-    r = client.post(f"{API}/img2img", json=img2img_payload(init_image, script_name="sd upscale",
+    r = client.post(f"{API}/img2img", json=img2img_payload(init_image, script_name="no such script",
                                                           script_args=["", 8, "Lanczos", 2.0]))
-    assert r.status_code == 422 and r.json()["detail"] == "Script 'sd upscale' not found"
+    assert r.status_code == 422 and r.json()["detail"] == "Script 'no such script' not found"
 
 
 def test_png_info_of_a_generated_image(client):

@@ -86,3 +86,35 @@ def test_script_errors(client, registered):
 
 def test_scripts_listing(client, registered):
     assert client.get(f"{API}/scripts").json()["txt2img"] == ["recorder", "echo steps"]
+
+
+def test_fewer_script_args_than_controls_keep_the_other_defaults(client, monkeypatch):
+    import gradio as gr
+    runner = scripts.ScriptRunner(is_img2img=False)
+    with gr.Blocks():
+        controls = [gr.Slider(1, 10, value=2, label="Steps"), gr.Textbox("default label", label="Label")]
+    runner.add_script(EchoSteps(), controls=controls)
+    monkeypatch.setattr(scripts, "scripts_txt2img", runner)
+    EchoSteps.calls.clear()
+    r = client.post(f"{API}/txt2img", json={**TXT2IMG_BASE, "seed": 4, "script_name": "Echo Steps",
+                                            "script_args": [1]})
+    assert r.status_code == 200, r.text
+    assert EchoSteps.calls == [(1, "default label")]
+
+
+def test_builtin_scripts_are_listed_with_their_real_arguments(client):
+    listed = client.get(f"{API}/scripts").json()
+    for title in ("prompt matrix", "prompts from file or textbox", "x/y/z plot"):
+        assert title in listed["txt2img"] and title in listed["img2img"]
+    for title in ("loopback", "sd upscale", "outpainting mk2", "poor man's outpainting", "img2img alternative test"):
+        assert title in listed["img2img"] and title not in listed["txt2img"]
+    assert "custom code" not in listed["txt2img"]  # only with --allow-code
+    info = {(x["name"], x["is_img2img"]): x for x in client.get(f"{API}/script-info").json()}
+    xyz = info[("x/y/z plot", False)]
+    assert xyz["is_alwayson"] is False and len(xyz["args"]) == 18
+    x_type = xyz["args"][0]
+    assert x_type["label"] == "X type" and "Sampler" in x_type["choices"] and "Steps" in x_type["choices"]
+    margin = next(a for a in xyz["args"] if a["label"] == "Grid margins (px)")
+    assert (margin["minimum"], margin["maximum"], margin["step"], margin["value"]) == (0, 500, 2, 0)
+    matrix = info[("prompt matrix", False)]
+    assert [a["value"] for a in matrix["args"]] == [False, False, "positive", "comma", 0]

@@ -230,3 +230,46 @@ def test_imports_work_in_any_order_in_a_fresh_process(first, second):
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# (e) scripts: a selectable script's `run` that calls process_images N times reaches the runner N times
+class _RepeatScript:
+    """Built on first use (modules.scripts is imported lazily by the tests)."""
+
+    @staticmethod
+    def make():
+        import copy
+
+        from modules import scripts
+
+        class Repeat(scripts.Script):
+            def title(self):
+                return "Repeat"
+
+            def run(self, p, times):
+                images, infotexts, last = [], [], None
+                for n in range(int(times)):
+                    q = copy.copy(p)
+                    q.seed = p.seed + n
+                    last = processing.process_images(q)
+                    images += last.images
+                    infotexts += last.infotexts
+                return processing.Processed(p, images, p.seed, last.info, infotexts=infotexts)
+
+        return Repeat()
+
+
+def test_script_run_reaches_the_runner_once_per_process_images_call(http_server, recorder, monkeypatch):
+    import requests
+
+    from modules import scripts
+    runner = scripts.ScriptRunner(is_img2img=False)
+    runner.add_script(_RepeatScript.make(), n_args=1)
+    monkeypatch.setattr(scripts, "scripts_txt2img", runner)
+    r = requests.post(f"{http_server}/sdapi/v1/txt2img", timeout=120,
+                      json={"prompt": "a kite", "width": 64, "height": 64, "steps": 2, "seed": 8,
+                            "script_name": "repeat", "script_args": [3]})
+    assert r.status_code == 200, r.text
+    assert recorder.count == 3
+    assert [q.processing.seed for q in recorder.requests] == [8, 9, 10]
+    assert len(r.json()["images"]) == 3
