@@ -183,6 +183,26 @@ def wrap_queued_call(func: Callable[..., T]) -> Callable[..., T]:
     return f
 
 
+def wrap_gradio_call(func: Callable[..., Any], extra_outputs: Any = None, add_stats: bool = False) -> Callable[..., Any]:
+    """A1111 helper for UI handlers: call `func`; if it raises, report the error and return what
+    the outputs should show instead — `extra_outputs` (a list, or None for one empty output per
+    output) followed by an HTML line with the error — so the page shows the failure, not a crash.
+    `add_stats` is accepted (A1111 appends timing HTML; Serena's progress line shows it)."""
+    import html as html_lib
+
+    from modules import errors
+
+    def f(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception as e:
+            errors.report(f"Error completing request {getattr(func, '__name__', func)}", exc_info=True)
+            message = f"<div class='error'>{html_lib.escape(type(e).__name__)}: {html_lib.escape(str(e))}</div>"
+            return [*(extra_outputs if extra_outputs is not None else [None]), message]
+
+    return f
+
+
 def wrap_gradio_gpu_call(func: Callable[..., T], extra_outputs: Any = None) -> Callable[..., T]:
     """A1111 helper for UI handlers: run `func` as a queued job with progress reporting.
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import shlex
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +176,18 @@ def _add_a1111_compat_flags(p: argparse.ArgumentParser) -> None:
     add("--sub-quad-chunk-threshold", type=int, default=None, help="sub-quadratic attention VRAM %%" + COMPAT)
 
 
+def derived_folders(data: Any) -> dict[str, str]:
+    """A1111's defaults of the folder flags Serena honours: `--embeddings-dir` (`<data>/embeddings`),
+    `--hypernetwork-dir` (`<models>/hypernetworks`), `--lora-dir` (`<models>/Lora`). A1111 fills
+    them, and extensions read them as paths (`Path(shared.cmd_opts.embeddings_dir)`), so None breaks
+    them; the folders are the ones Serena's loaders fall back to when the flag is unset."""
+    return {
+        "embeddings_dir": os.path.join(data.data_path, "embeddings"),
+        "hypernetwork_dir": os.path.join(data.models_path, "hypernetworks"),
+        "lora_dir": os.path.join(data.models_path, "Lora"),
+    }
+
+
 def fill_derived_defaults(ns: argparse.Namespace) -> argparse.Namespace:
     """Fill the folder flags left unset with A1111's defaults, which derive from `--data-dir` /
     `--models-dir` (known only once those are parsed); `--gradio-allowed-path` becomes a list (empty
@@ -184,6 +197,9 @@ def fill_derived_defaults(ns: argparse.Namespace) -> argparse.Namespace:
     for dest, folder in MODEL_PATH_FLAGS.items():
         if getattr(ns, dest, None) is None:
             setattr(ns, dest, os.path.join(data.models_path, folder))
+    for dest, folder in derived_folders(data).items():  # honoured: the same folders Serena uses
+        if getattr(ns, dest, None) is None:
+            setattr(ns, dest, folder)
     if getattr(ns, "textual_inversion_templates_dir", None) is None:
         ns.textual_inversion_templates_dir = os.path.join(paths.script_path, "textual_inversion_templates")
     if getattr(ns, "localizations_dir", None) is None:

@@ -91,6 +91,8 @@ def translate_component_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, A
     """
     out = dict(kwargs)
     kind = _media_kind(cls)
+    if "default" in out and "value" not in out and not _accepts(cls, "default"):
+        out["value"] = out.pop("default")  # gr.inputs.* (Gradio 3's legacy classes) named the value `default`
     if "source" in out:
         source = out.pop("source")  # wins over `sources`: an update merged into constructor args
         if kind is not None:
@@ -332,6 +334,28 @@ def translate_event_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _event_targets(args: tuple, kwargs: dict[str, Any]) -> list[Any]:
+    """The `inputs` and `outputs` of an event-listener call (keywords or positions 1 and 2)."""
+    targets = []
+    for position, name in ((1, "inputs"), (2, "outputs")):
+        value = kwargs[name] if name in kwargs else (args[position] if len(args) > position else None)
+        if isinstance(value, (list, tuple, set)):
+            targets.extend(value)
+    return targets
+
+
+def check_event_targets(args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse an event whose `inputs`/`outputs` list holds None, at once, as Gradio 3 did.
+
+    Gradio 3 raised `AttributeError` (no `_id` on None) inside the listener call, so the error stayed
+    in the `ui()` that made it (A1111 logs that script and goes on; extensions even suppress it).
+    Gradio 6 accepts the list and fails later, when the whole Blocks is closed, losing every UI.
+    """
+    if any(target is None for target in _event_targets(args, kwargs)):
+        raise AttributeError("an event's inputs/outputs hold None instead of a component "
+                             "('NoneType' object has no attribute '_id')")
+
+
 def _translating_listener(listener: Callable) -> Callable:
     """An event-listener method accepting Gradio 3 arguments."""
     if getattr(listener, _MARK, False):
@@ -341,6 +365,7 @@ def _translating_listener(listener: Callable) -> Callable:
     def event_listener(block: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs = accepted_kwargs(f"event {getattr(listener, '__name__', '?')}", listener,
                                  translate_event_kwargs(kwargs))
+        check_event_targets(args, kwargs)
         return listener(block, *args, **kwargs)
 
     setattr(event_listener, _MARK, True)
@@ -530,12 +555,15 @@ def _base_frontend_name(original: Callable) -> Callable:
     """`get_block_name`/`get_block_class` naming the Gradio base class for a plain subclass.
 
     An extension's `class MyButton(gr.Button)` has no frontend of its own; Gradio 3 rendered it
-    through its base's frontend when it said so, Gradio 6 would look for a "mybutton" one.
+    through its base's frontend when it said so, Gradio 6 would look for a "mybutton" one. A
+    template (`is_template`) is named after its direct base, which is right only when that base is
+    Gradio's: an extension's `class ARButton(ToolButton)` inherits the flag and would be "toolbutton".
     """
     @functools.wraps(original)
     def block_name(self: Block) -> str:
         cls = type(self)
-        if cls.__module__.startswith("gradio.") or hasattr(self, "is_template") or _has_own_frontend(cls):
+        direct_template = hasattr(self, "is_template") and cls.__base__.__module__.startswith("gradio.")
+        if cls.__module__.startswith("gradio.") or direct_template or _has_own_frontend(cls):
             return original(self)
         base = _gradio_base(cls)
         return base.__name__.lower() if base is not None else original(self)

@@ -385,6 +385,20 @@ RESTRICT_API_NOTE = "restrict_api options are silently ignored when set through 
 _overrides: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("serena_opts_override", default=None)
 
 
+def cast_like(default: Any, value: Any) -> Any:
+    """`value` (text from an infotext, a form …) converted to the type of `default`: bool, int,
+    float or str; other types pass `value` through. Raises ValueError/TypeError on a bad number."""
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
+    if isinstance(default, int):
+        return int(float(value))
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
 class Options:
     """The option store behind `shared.opts`.
 
@@ -473,16 +487,7 @@ class Options:
         info = self.data_labels.get(key)
         if info is None or value is None or info.default is None:
             return value
-        default = info.default
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
-        if isinstance(default, int):
-            return int(float(value))
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, str):
-            return str(value)
-        return value
+        return cast_like(info.default, value)
 
     def dumpjson(self) -> str:
         """Every option's current value as JSON (A1111 name)."""

@@ -672,12 +672,51 @@ def load_scripts(folders: list[str] | None = None) -> list[ScriptClassData]:
 
 def _rebuild_runners() -> None:
     """Fresh txt2img and img2img runners with every script's `ui()` built in a throwaway Blocks,
-    which lays out the argument arrays (A1111 builds these UI objects in API-only mode too)."""
+    which lays out the argument arrays (A1111 builds these UI objects in API-only mode too), after
+    hidden stand-ins of the tab's own controls (see `build_main_control_standins`)."""
     import gradio as gr
-    global scripts_txt2img, scripts_img2img
+    global scripts_txt2img, scripts_img2img, scripts_current
     scripts_txt2img = ScriptRunner(is_img2img=False)
     scripts_img2img = ScriptRunner(is_img2img=True)
     with gr.Blocks(analytics_enabled=False):
         for runner in (scripts_txt2img, scripts_img2img):
             runner.initialize_scripts(scripts_data)
+            previous, scripts_current = scripts_current, runner
+            try:
+                build_main_control_standins("img2img" if runner.is_img2img else "txt2img")
+            finally:
+                scripts_current = previous
             runner.setup_ui()
+
+
+MAIN_CONTROL_STANDINS = (
+    ("prompt", "Textbox", {"label": "Prompt", "value": ""}),
+    ("neg_prompt", "Textbox", {"label": "Negative prompt", "value": ""}),
+    ("sampling", "Dropdown", {"label": "Sampling method", "choices": ["Euler"], "value": "Euler"}),
+    ("steps", "Slider", {"label": "Sampling steps", "minimum": 1, "maximum": 150, "value": 20, "step": 1}),
+    ("width", "Slider", {"label": "Width", "minimum": 64, "maximum": 2048, "value": 512, "step": 8}),
+    ("height", "Slider", {"label": "Height", "minimum": 64, "maximum": 2048, "value": 512, "step": 8}),
+    ("batch_count", "Slider", {"label": "Batch count", "minimum": 1, "maximum": 100, "value": 1, "step": 1}),
+    ("batch_size", "Slider", {"label": "Batch size", "minimum": 1, "maximum": 8, "value": 1, "step": 1}),
+    ("cfg_scale", "Slider", {"label": "CFG Scale", "minimum": 1.0, "maximum": 30.0, "value": 7.0, "step": 0.5}),
+    ("seed", "Number", {"label": "Seed", "value": -1, "precision": 0}),
+)
+"""(elem_id suffix, Gradio class, arguments) of the tab controls that A1111 builds before any script's
+`ui()`; the browser UI (modules/ui.py) builds the real ones with the same elem_ids."""
+
+
+def build_main_control_standins(tabname: str) -> list:
+    """Hidden stand-ins for the tab's own controls, built in the API's throwaway Blocks before the
+    scripts' `ui()`.
+
+    In A1111 a script's `ui()` always runs after the tab's prompt, size, seed … exist, and many
+    extensions keep the ones their `after_component` saw (`txt2img_width` …) to wire buttons to them.
+    Without the stand-ins such a `ui()` would find None in API-only layout and lose its controls.
+    The component hooks fire for them as for the real ones; they are never shown or read.
+    """
+    import gradio as gr
+
+    from modules import gradio_extensions
+    gradio_extensions.install()  # the component hooks
+    return [getattr(gr, cls)(visible=False, elem_id=f"{tabname}_{suffix}", **kwargs)
+            for suffix, cls, kwargs in MAIN_CONTROL_STANDINS]

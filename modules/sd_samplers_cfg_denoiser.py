@@ -23,6 +23,15 @@ def _module(name: str) -> Any:
         return None
 
 
+def a1111_denoiser_args(sampler: Any) -> tuple[Any, Any]:
+    """(inner model, sampler) for A1111's one-argument form `CFGDenoiser(sampler)`: the sampler's
+    denoiser adapter (`model_wrap`) is the inner model."""
+    inner_model = getattr(sampler, "model_wrap", None)
+    if inner_model is None:
+        raise TypeError("CFGDenoiser(sampler): the sampler has no model_wrap to denoise with")
+    return inner_model, sampler
+
+
 class CFGDenoiser(torch.nn.Module):
     """Callable `(x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond) -> guided output`.
 
@@ -31,8 +40,18 @@ class CFGDenoiser(torch.nn.Module):
     Fields set per job by `Sampler.initialize`: p, mask, nmask, init_latent, step, total_steps.
     """
 
-    def __init__(self, inner_model: torch.nn.Module, sampler: Any, *, use_image_cond: bool = False,
-                 timesteps: bool = False):
+    def __init__(self, inner_model: Any, sampler: Any = None, *, use_image_cond: bool | None = None,
+                 timesteps: bool | None = None):
+        """`CFGDenoiser(inner_model, sampler)`, or A1111's `CFGDenoiser(sampler)`: extensions subclass
+        the denoiser, build it from a sampler and put it in `sampler.model_wrap_cfg`; then the
+        denoiser adapter and the inpainting/timestep behaviour are the sampler's."""
+        if sampler is None:
+            inner_model, sampler = a1111_denoiser_args(inner_model)
+        previous = getattr(sampler, "model_wrap_cfg", None)
+        if use_image_cond is None:
+            use_image_cond = bool(getattr(previous, "use_image_cond", False))
+        if timesteps is None:
+            timesteps = bool(getattr(previous, "timesteps", False))
         super().__init__()
         self.inner_model = inner_model
         self.sampler = sampler

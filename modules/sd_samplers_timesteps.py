@@ -131,3 +131,8 @@ samplers_data_timesteps: list[SamplerData] = [
     SamplerData(label, (lambda model, func=func: CompVisSampler(func, model)), tuple(aliases), options)
     for label, func, aliases, options in samplers_timesteps
 ]
+
+
+VanillaStableDiffusionSampler = CompVisSampler
+"""A1111's older name for the timestep sampler class (extensions still subclass it through
+`modules.sd_samplers_compvis`)."""

@@ -46,22 +46,8 @@ latent_upscale_default_mode = "Latent"
 
 
 # One home for these helpers (A1111 extensions import them from either module).
+from modules.shared_items import list_checkpoint_tiles, list_samplers, refresh_checkpoints  # noqa: E402,F401
 from modules.util import listfiles, natural_sort_key, walk_files  # noqa: E402,F401
-
-
-def list_checkpoint_tiles(use_short: bool = False) -> list[str]:
-    from modules import sd_models
-    return sd_models.checkpoint_tiles(use_short)
-
-
-def refresh_checkpoints() -> None:
-    from modules import sd_models
-    sd_models.list_models()
-
-
-def list_samplers() -> list:
-    from modules import sd_samplers
-    return sd_samplers.all_samplers
 
 
 def __getattr__(name: str) -> Any:

@@ -20,8 +20,21 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
 from modules import errors, shared, ui_handlers as h  # noqa: E402
+# Names extensions import from `modules.ui` (A1111 defines or re-exports them there).
+from modules.call_queue import wrap_gradio_call, wrap_gradio_gpu_call, wrap_queued_call  # noqa: E402,F401
+from modules.ui_common import (  # noqa: E402,F401
+    apply_style_symbol, clear_prompt_symbol, create_refresh_button, detect_image_size_symbol, extra_networks_symbol,
+    folder_symbol, paste_symbol, plaintext_to_html, random_symbol, refresh_symbol, restore_progress_symbol,
+    reuse_symbol, save_style_symbol, switch_values_symbol)
+from modules.ui_components import FormGroup, FormRow, ToolButton  # noqa: E402,F401
 
 log = logging.getLogger("serena.ui")
+
+
+def gr_show(visible: bool = True) -> dict:
+    """A1111 helper: an update that shows (or hides) a component."""
+    return gr.update(visible=visible)
+
 
 GENERATION_CONCURRENCY = 16  # jobs then wait in call_queue's FIFO, where the progress line sees them
 PROGRESS_INTERVAL_S = 0.5
@@ -348,18 +361,20 @@ def create_ui() -> gr.Blocks:
     return blocks
 
 
-def _extension_tabs(results: list) -> list[tuple[Any, str, str]]:
+def _extension_tabs(entries: list) -> list[tuple[Any, str, str]]:
     """The (Blocks, title, elem_id) tabs `on_ui_tabs` callbacks returned; malformed entries are
     reported and left out."""
     tabs = []
-    for result in results:
-        for entry in result or []:
-            try:
-                component, title, elem_id = entry[0], str(entry[1]), str(entry[2])
-            except (TypeError, IndexError):
-                errors.report(f"on_ui_tabs returned {entry!r}, not (component, title, elem_id); left out")
-                continue
-            tabs.append((component, title, elem_id))
+    for entry in entries:
+        try:
+            component, title, elem_id = entry[0], str(entry[1]), str(entry[2])
+        except (TypeError, IndexError, KeyError):
+            errors.report(f"on_ui_tabs returned {entry!r}, not (component, title, elem_id); left out")
+            continue
+        if not hasattr(component, "render"):
+            errors.report(f"on_ui_tabs tab {title!r}: {component!r} is not a Gradio Blocks; left out")
+            continue
+        tabs.append((component, title, elem_id))
     return tabs
 
 

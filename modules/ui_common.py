@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import html
 import json
 import os
 import zipfile
@@ -18,21 +17,27 @@ from typing import Any, Callable
 import gradio as gr
 
 from modules.ui_components import ToolButton
+from modules.util import plaintext_to_html  # noqa: F401  (one home; A1111 exports it from here too)
 
 folder_symbol = "\U0001f4c2"  # 📂
 refresh_symbol = "\U0001f504"  # 🔄
 save_symbol = "\U0001f4be"  # 💾
 zip_symbol = "\U0001f5c3\ufe0f"  # 🗃️
 upscale_symbol = "\u2728"  # ✨
+# The symbols A1111's `modules.ui` defines for its tool buttons (extensions reuse them).
+random_symbol = "\U0001f3b2\ufe0f"  # 🎲️
+reuse_symbol = "\u267b\ufe0f"  # ♻️
+paste_symbol = "\u2199\ufe0f"  # ↙️
+save_style_symbol = "\U0001f4be"  # 💾
+apply_style_symbol = "\U0001f4cb"  # 📋
+clear_prompt_symbol = "\U0001f5d1\ufe0f"  # 🗑️
+extra_networks_symbol = "\U0001f3b4"  # 🎴
+switch_values_symbol = "\u21c5"  # ⇅
+restore_progress_symbol = "\U0001f300"  # 🌀
+detect_image_size_symbol = "\U0001f4d0"  # 📐
 SEND_BUTTONS = {"img2img": ("\U0001f5bc\ufe0f", "Send image and generation parameters to img2img tab."),
                 "inpaint": ("\U0001f3a8\ufe0f", "Send image and generation parameters to img2img inpaint tab."),
                 "extras": ("\U0001f4d0", "Send image and generation parameters to extras tab.")}
-
-
-def plaintext_to_html(text: str, classname: str | None = None) -> str:
-    """`text` as one HTML paragraph: escaped, each newline a `<br>`."""
-    content = "<br>\n".join(html.escape(line) for line in str(text).split("\n"))
-    return f"<p class='{classname}'>{content}</p>" if classname else f"<p>{content}</p>"
 
 
 def create_refresh_button(refresh_component: Any, refresh_method: Callable[[], Any],

@@ -159,8 +159,9 @@ def present(processed: Any, seconds: float) -> GenerationOutput:
     """Gallery images, infotexts and a status line from a `processing.Processed`."""
     images = list(processed.images)
     infotexts = list(processed.infotexts or [])
-    if len(infotexts) != len(images):
-        infotexts = [processed.info] * len(images)
+    # Scripts may drop images but keep every infotext (X/Y/Z plot without sub images, as in A1111):
+    # the infotexts still pair with the images by position.
+    infotexts = infotexts[:len(images)] if len(infotexts) >= len(images) else [processed.info] * len(images)
     first = min(max(int(getattr(processed, "index_of_first_image", 0) or 0), 0), max(len(images) - 1, 0))
     shown = infotexts[first] if infotexts else ""
     status = f"<p class='serena-status'>{len(images) - first} image(s) in {seconds:.1f} s</p>"
@@ -393,17 +394,13 @@ def fields_from_infotext(text: str | None) -> dict[str, Any]:
 
 
 def _like(default: Any, value: Any) -> Any:
-    """`value` (parsed from infotext text) converted to the type of a control's `default`."""
+    """`value` (parsed from infotext text) converted to the type of a control's `default`;
+    "no change" when it does not convert."""
+    from modules.options import cast_like
     try:
-        if isinstance(default, bool):
-            return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes", "on")
-        if isinstance(default, int):
-            return int(float(value))
-        if isinstance(default, float):
-            return float(value)
+        return cast_like(default, value)
     except (TypeError, ValueError):
         return gr.update()
-    return value
 
 
 def paste_script_fields(text: str | None, fields: Sequence[tuple[Any, Any]]) -> list[Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import html
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from PIL import Image
 
 from modules import errors
+from modules.util import plaintext_to_html  # noqa: F401  (one home; A1111 exports it from here too)
 
 if TYPE_CHECKING:  # annotations only: upscaler_spandrel imports torch, loaded when a model upscaler is listed
     from modules.upscaler_spandrel import ModelFile
@@ -80,6 +80,51 @@ class UpscalerData:
         if img.size != (dest_w, dest_h):
             img = img.resize((dest_w, dest_h), resample=LANCZOS)
         return img
+
+    # A1111's UpscalerData fields, read by extensions: `upscaler.scaler.upscale(img, scale,
+    # upscaler.data_path)` is how scripts (Ultimate SD upscale, SD upscale) run a chosen upscaler.
+    @property
+    def data_path(self) -> str | None:
+        """The model file (None for the built-ins), A1111's `data_path`."""
+        return self.model_path
+
+    @property
+    def local_data_path(self) -> str | None:
+        return self.model_path
+
+    @property
+    def model(self) -> None:
+        """A1111 keeps a loaded model here; Serena loads it per call, so it is always None."""
+        return None
+
+    @property
+    def scaler(self) -> ScalerView:
+        """A1111's `Upscaler` object behind this entry."""
+        return ScalerView(self)
+
+
+@dataclass(frozen=True)
+class ScalerView:
+    """What A1111's `Upscaler` offers extensions, over one :class:`UpscalerData`: `upscale(img, scale,
+    selected_model)` (the `// 8 * 8` target, several passes) and `do_upscale(img, selected_model)`
+    (one pass at the model's own factor). `selected_model` names the model in A1111; here the entry
+    already is one model, so it is ignored."""
+
+    data: UpscalerData
+
+    @property
+    def name(self) -> str:
+        return self.data.name
+
+    @property
+    def scalers(self) -> list[UpscalerData]:
+        return [self.data]
+
+    def upscale(self, img: Image.Image, scale: float, selected_model: Any = None) -> Image.Image:
+        return self.data.upscale(img, scale)
+
+    def do_upscale(self, img: Image.Image, selected_model: Any = None) -> Image.Image:
+        return self.data.step(img, self.data.scale)
 
 
 def _step_none(img: Image.Image, scale: float) -> Image.Image:
@@ -441,11 +486,6 @@ def extras_infotext(info: dict[str, Any]) -> str:
     """The extras parameter line (same entry rules as the generation infotext)."""
     from modules import infotext_utils
     return infotext_utils.build_parameters_line(info)
-
-
-def plaintext_to_html(text: str) -> str:
-    """A1111's ``plaintext_to_html``: escaped lines joined by ``<br>`` inside one ``<p>``."""
-    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 def extras_scripts_args(resize_mode: int = 0, upscaling_resize: float = 2.0, upscaling_resize_w: int = 512,

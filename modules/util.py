@@ -26,6 +26,14 @@ def listfiles(dirname: str) -> list[str]:
     return [os.path.join(dirname, n) for n in names if os.path.isfile(os.path.join(dirname, n))]
 
 
+def plaintext_to_html(text: str, classname: str | None = None) -> str:
+    """`text` as one HTML paragraph: escaped, each newline a `<br>` (A1111's helper; also exported
+    by `modules.ui_common`)."""
+    import html as html_lib
+    content = "<br>\n".join(html_lib.escape(line) for line in str(text).split("\n"))
+    return f"<p class='{classname}'>{content}</p>" if classname else f"<p>{content}</p>"
+
+
 def html_path(filename: str) -> str:
     """`<install>/html/<filename>` (where A1111 keeps its HTML snippets)."""
     return os.path.join(script_path, "html", filename)

@@ -30,7 +30,7 @@ import gradio as gr
 import torch
 
 from modules import errors, processing, prompt_parser, sd_samplers, sd_samplers_common, sd_samplers_kdiffusion, scripts
-from modules import shared
+from modules import processing_scripts_common as common, shared
 from modules.processing_stages import run_hook
 from modules.samplers.utils import append_dims
 
@@ -138,13 +138,7 @@ def _text(value: Any, name: str) -> str:
 
 
 def _number(value: Any, name: str, low: float, high: float, integer: bool = False) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and low <= value <= high and (not integer or float(value).is_integer())
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        raise errors.InvalidParameter(f"{TITLE}: {name} must be {kind} in [{low}, {high}], got {value!r}",
-                                      field="script_args")
-    return int(value) if integer else float(value)
+    return common.checked_number(TITLE, value, name, low, high, integer)
 
 
 def check_sampler(name: str | None) -> None:

@@ -27,11 +27,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from modules import errors, images, processing, scripts, shared
-from modules.processing_validation import MAX_SIZE
+from modules import images, processing, processing_scripts_common as common, scripts, shared
 
 TITLE = "Outpainting mk2"
-DIRECTIONS = ("left", "right", "up", "down")
+DIRECTIONS = common.DIRECTIONS
 
 
 # --- matched noise -----------------------------------------------------------------------------------
@@ -109,50 +108,16 @@ def matched_noise(image: np.ndarray, mask: np.ndarray, noise_q: float = 1.0, col
 # --- arguments ---------------------------------------------------------------------------------------
 def _number(value: Any, name: str, low: float, high: float | None = None, integer: bool = False) -> float:
     """`value` as a finite number in [low, high] (an integer when asked); 4xx otherwise."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) \
-        and value >= low and (high is None or value <= high) and (not integer or float(value).is_integer())
-    if not ok:
-        kind = "an integer" if integer else "a number"
-        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise errors.InvalidParameter(f"{TITLE}: {name} must be {kind} {bounds}, got {value!r}", field="script_args")
-    return int(value) if integer else float(value)
-
-
-def parse_directions(value: Any) -> list[str]:
-    """The chosen sides, in processing order, from a list of names (or one comma-separated string)."""
-    names = value.split(",") if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise errors.InvalidParameter(f"{TITLE}: direction must be a list of {list(DIRECTIONS)}, got {value!r}",
-                                      field="script_args")
-    chosen = {n.strip().lower() for n in names if n.strip()}
-    if not chosen or not chosen <= set(DIRECTIONS):
-        raise errors.InvalidParameter(
-            f"{TITLE}: direction must name one or more of {list(DIRECTIONS)}, got {value!r}", field="script_args")
-    return [d for d in DIRECTIONS if d in chosen]
+    return common.checked_number(TITLE, value, name, low, high, integer)
 
 
 def growth(width: int, height: int, pixels: int, directions: list[str]) -> dict[str, int]:
     """Pixels added on each chosen side: each grown axis ends on a multiple of 64, split between its
     two sides in proportion to what each asked for (A1111's arithmetic)."""
-    def split(size: int, first: int, second: int) -> tuple[int, int]:
-        if not first and not second:
-            return 0, 0
-        extra = math.ceil((size + first + second) / 64) * 64 - size
-        first = first * extra // (first + second)
-        return first, (extra - first if second else 0)
-
     asked = {d: (pixels if d in directions else 0) for d in DIRECTIONS}
-    left, right = split(width, asked["left"], asked["right"])
-    up, down = split(height, asked["up"], asked["down"])
+    left, right = common.split_growth(width, asked["left"], asked["right"])
+    up, down = common.split_growth(height, asked["up"], asked["down"])
     return {d: n for d, n in zip(DIRECTIONS, (left, right, up, down)) if n > 0}
-
-
-def check_size(width: int, height: int) -> None:
-    """Refuse a grown image with a side over the largest size Serena generates."""
-    if width > MAX_SIZE or height > MAX_SIZE:
-        raise errors.InvalidParameter(
-            f"{TITLE}: the grown image would be {width}x{height}; each side must be at most {MAX_SIZE}",
-            field="script_args")
 
 
 # --- one side ----------------------------------------------------------------------------------------
@@ -238,21 +203,18 @@ class Script(scripts.Script):
             noise_q: Any = 1.0, color_variation: Any = 0.05) -> processing.Processed:
         pixels = _number(pixels, "pixels", 1, integer=True)
         mask_blur = _number(mask_blur, "mask_blur", 0, 64, integer=True)
-        directions = parse_directions(direction)
+        directions = common.parse_directions(TITLE, direction)
         noise_q = _number(noise_q, "noise_q", 0.0)
         color_variation = _number(color_variation, "color_variation", 0.0, 1.0)
-        if not isinstance(p.batch_size, int) or p.batch_size < 1:
-            raise errors.InvalidParameter(f"{TITLE}: batch_size must be at least 1, got {p.batch_size!r}",
-                                          field="batch_size")
+        common.check_batch_size(TITLE, p)
         source = images.flatten(p.init_images[0], shared.opts.img2img_background_color)
         amounts = growth(source.width, source.height, pixels, directions)
-        check_size(source.width + amounts.get("left", 0) + amounts.get("right", 0),
-                   source.height + amounts.get("up", 0) + amounts.get("down", 0))
+        common.check_grown_size(TITLE, source.width + amounts.get("left", 0) + amounts.get("right", 0),
+                                source.height + amounts.get("up", 0) + amounts.get("down", 0))
         horizontal, vertical = any(d in amounts for d in ("left", "right")), any(d in amounts for d in ("up", "down"))
         p.mask_blur_x, p.mask_blur_y = (mask_blur * 4 if horizontal else 0), (mask_blur * 4 if vertical else 0)
         p.inpaint_full_res, p.inpainting_fill = False, 1
-        processing.fix_seed(p)
-        seed = int(p.seed[0] if isinstance(p.seed, list) else p.seed)
+        seed = common.fixed_seed(p)
         save_samples, save_grid = not p.do_not_save_samples, not p.do_not_save_grid
         p.do_not_save_samples = p.do_not_save_grid = True
         tile_size, batch_count, batch_size = (p.width, p.height), p.n_iter, p.batch_size
@@ -263,7 +225,7 @@ class Script(scripts.Script):
         results: list[Image.Image] = []
         infotexts: list[str] = []
         for i in range(batch_count):
-            if shared.state.interrupted or shared.state.stopping_generation:
+            if common.interrupted():
                 break
             shared.state.job = f"Batch {i + 1} out of {batch_count}"
             p.seed = seed + i * batch_size
@@ -288,10 +250,7 @@ def finish(p: Any, results: list[Image.Image], infotexts: list[str], first: Any,
     info = first.info if first is not None else ""
     texts = [infotexts[i] if i < len(infotexts) else info for i in range(len(results))]
     for img, text in zip(results, texts):
-        if opts.enable_pnginfo:
-            img.info["parameters"] = text
-        if save_samples and opts.samples_save:
-            images.save_image(img, p.outpath_samples, "", seed, p.prompt, opts.samples_format, info=text, p=p)
+        common.stamp_and_save(p, img, text, seed, save_samples, opts.samples_format)
     wants_grid = len(results) > 1 or not opts.grid_only_if_multiple
     grid = images.image_grid(results) if results and wants_grid and (opts.return_grid or opts.grid_save) else None
     if grid is not None and opts.enable_pnginfo:

@@ -18,40 +18,16 @@ black), and results are saved only when the job saves samples.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from modules import errors, images, processing, scripts, shared
-from modules.processing_validation import MAX_SIZE
+from modules import errors, images, processing, processing_scripts_common as common, scripts, shared
 
 TITLE = "Poor man's outpainting"
-DIRECTIONS = ("left", "right", "up", "down")
+DIRECTIONS = common.DIRECTIONS
 FILLS = ("fill", "original", "latent noise", "latent nothing")
-
-
-def _integer(value: Any, name: str, low: int) -> int:
-    """`value` as an integer ≥ `low` (a float with an integer value is accepted); 4xx otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not float(value).is_integer() or value < low:
-        raise errors.InvalidParameter(f"{TITLE}: {name} must be an integer >= {low}, got {value!r}",
-                                      field="script_args")
-    return int(value)
-
-
-def parse_directions(value: Any) -> set[str]:
-    """The chosen sides from a list of names (or one comma-separated string); at least one."""
-    names = value.split(",") if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
-        raise errors.InvalidParameter(f"{TITLE}: direction must be a list of {list(DIRECTIONS)}, got {value!r}",
-                                      field="script_args")
-    chosen = {n.strip().lower() for n in names if n.strip()}
-    if not chosen or not chosen <= set(DIRECTIONS):
-        raise errors.InvalidParameter(
-            f"{TITLE}: direction must name one or more of {list(DIRECTIONS)}, got {value!r}", field="script_args")
-    return chosen
 
 
 def parse_fill(value: Any) -> int:
@@ -67,15 +43,11 @@ def parse_fill(value: Any) -> int:
 def canvas_margins(width: int, height: int, pixels: int, directions: set[str]) -> tuple[int, int, int, int]:
     """(left, right, up, down) growth: each grown axis ends on a multiple of 64, split between its
     two sides in proportion to what each asked for (A1111's arithmetic)."""
-    def split(size: int, first: int, second: int) -> tuple[int, int]:
-        if not first and not second:
-            return 0, 0
-        extra = math.ceil((size + first + second) / 64) * 64 - size
-        first = first * extra // (first + second)
-        return first, (extra - first if second else 0)
+    def asked(side: str) -> int:
+        return pixels if side in directions else 0
 
-    left, right = split(width, pixels if "left" in directions else 0, pixels if "right" in directions else 0)
-    up, down = split(height, pixels if "up" in directions else 0, pixels if "down" in directions else 0)
+    left, right = common.split_growth(width, asked("left"), asked("right"))
+    up, down = common.split_growth(height, asked("up"), asked("down"))
     return left, right, up, down
 
 
@@ -118,8 +90,9 @@ class Script(scripts.Script):
 
     def run(self, p: Any, pixels: Any = 128, mask_blur: Any = 4, inpainting_fill: Any = 0,
             direction: Any = DIRECTIONS) -> processing.Processed:
-        pixels, mask_blur = _integer(pixels, "pixels", 1), _integer(mask_blur, "mask_blur", 0)
-        fill, directions = parse_fill(inpainting_fill), parse_directions(direction)
+        pixels = common.checked_number(TITLE, pixels, "pixels", 1, integer=True)
+        mask_blur = common.checked_number(TITLE, mask_blur, "mask_blur", 0, integer=True)
+        fill, directions = parse_fill(inpainting_fill), set(common.parse_directions(TITLE, direction))
         if pixels >= min(p.width, p.height):
             raise errors.InvalidParameter(
                 f"{TITLE}: pixels ({pixels}) must be below the tile size {min(p.width, p.height)} "
@@ -133,10 +106,7 @@ class Script(scripts.Script):
         seed, info = inpaint_tiles(p, work)
 
         combined = images.combine_grid(grids[0])
-        if shared.opts.enable_pnginfo:
-            combined.info["parameters"] = info
-        if save_samples and shared.opts.samples_save:
-            images.save_image(combined, p.outpath_samples, "", seed, p.prompt, shared.opts.grid_format, info=info, p=p)
+        common.stamp_and_save(p, combined, info, seed, save_samples, shared.opts.grid_format)
         return processing.Processed(p, [combined], seed, info)
 
 
@@ -147,10 +117,7 @@ def border_tiles(p: Any, pixels: int, mask_blur: int, directions: set[str]) -> t
     margins = canvas_margins(source.width, source.height, pixels, directions)
     left, right, up, down = margins
     size = (source.width + left + right, source.height + up + down)
-    if max(size) > MAX_SIZE:
-        raise errors.InvalidParameter(
-            f"{TITLE}: the grown image would be {size[0]}x{size[1]}; each side must be at most {MAX_SIZE}",
-            field="script_args")
+    common.check_grown_size(TITLE, *size)
     canvas = Image.new("RGB", size)
     canvas.paste(source, (left, up))
     grids = [images.split_grid(im, tile_w=p.width, tile_h=p.height, overlap=pixels)
@@ -168,7 +135,7 @@ def inpaint_tiles(p: Any, work: list[tuple]) -> tuple[int, str]:
     shared.state.job_count = len(work)
     seed, info = p.seed, ""
     for i, (cell, tile_mask, tile_latent_mask) in enumerate(work):
-        if shared.state.interrupted or shared.state.stopping_generation:
+        if common.interrupted():
             break
         p.init_images, p.image_mask, p.latent_mask = [cell[2]], tile_mask, tile_latent_mask
         shared.state.job = f"Batch {i + 1} out of {len(work)}"

@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from modules import errors, images, processing, scripts, shared
+from modules import errors, images, processing, processing_scripts_common as common, scripts, shared
 from modules.processing_validation import MAX_SIZE
 
 TITLE = "SD upscale"
@@ -55,9 +55,7 @@ def resolve_upscaler(value: Any, upscalers: list) -> Any:
 
 def check_args(p: Any, overlap: Any, scale_factor: Any) -> tuple[int, float]:
     """The overlap (an integer below the tile size) and the scale factor (positive); 4xx otherwise."""
-    if not isinstance(p.batch_size, int) or p.batch_size < 1:
-        raise errors.InvalidParameter(f"{TITLE}: batch_size must be at least 1, got {p.batch_size!r}",
-                                      field="batch_size")
+    common.check_batch_size(TITLE, p)
     overlap = _number(overlap, "overlap")
     if not float(overlap).is_integer() or not 0 <= overlap < min(p.width, p.height):
         raise errors.InvalidParameter(
@@ -95,7 +93,7 @@ def redraw_tiles(p: Any, cells: list[list], batch_size: int) -> str | None:
     """
     info = None
     for start in range(0, len(cells), batch_size):
-        if shared.state.interrupted or shared.state.stopping_generation:
+        if common.interrupted():
             break
         batch = cells[start:start + batch_size]
         p.batch_size = len(batch)
@@ -132,8 +130,7 @@ class Script(scripts.Script):
             scale_factor: Any = 2.0) -> processing.Processed:
         upscaler = resolve_upscaler(upscaler_index, list(shared.sd_upscalers))
         overlap, scale_factor = check_args(p, overlap, scale_factor)
-        processing.fix_seed(p)
-        seed = int(p.seed[0] if isinstance(p.seed, list) else p.seed)
+        seed = common.fixed_seed(p)
         p.extra_generation_params["SD upscale overlap"] = overlap
         p.extra_generation_params["SD upscale upscaler"] = upscaler.name
         source = upscale_source(p, upscaler, scale_factor)
@@ -148,7 +145,7 @@ class Script(scripts.Script):
 
         results, infotexts, seeds = [], [], []
         for n in range(upscale_count):
-            if shared.state.interrupted or shared.state.stopping_generation:
+            if common.interrupted():
                 break
             p.seed = seed + n
             cells = tile_list(grid)
@@ -156,11 +153,7 @@ class Script(scripts.Script):
                 cell[2] = tile
             info = redraw_tiles(p, cells, batch_size) or ""
             combined = images.combine_grid(grid)
-            if shared.opts.enable_pnginfo:
-                combined.info["parameters"] = info
-            if save_samples and shared.opts.samples_save:
-                images.save_image(combined, p.outpath_samples, "", seed + n, p.prompt, shared.opts.samples_format,
-                                  info=info, p=p)
+            common.stamp_and_save(p, combined, info, seed + n, save_samples, shared.opts.samples_format)
             results.append(combined)
             infotexts.append(info)
             seeds.append(seed + n)

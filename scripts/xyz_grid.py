@@ -491,8 +491,11 @@ def linspace(start: float, end: float, count: int, text: str = "") -> list[float
     return [start + (end - start) * i / (count - 1) for i in range(count)]
 
 
-def expand_int_values(values: Iterable[str]) -> list[Any]:
-    """Each `a-b`, `a-b (+s)` or `a-b [n]` expanded to integers; other values kept (blank ones dropped)."""
+def _expand_values(values: Iterable[str], kind: Callable, step_range: re.Pattern, count_range: re.Pattern,
+                   make_range: Callable) -> list[Any]:
+    """Each value matching `step_range` (`a-b`, `a-b (+s)`, default step 1) expanded by
+    `make_range`, each matching `count_range` (`a-b [n]`) spread by `linspace`, every number
+    converted by `kind`; other values kept, blank strings dropped."""
     out: list[Any] = []
     for value in values:
         if not isinstance(value, str):
@@ -500,35 +503,25 @@ def expand_int_values(values: Iterable[str]) -> list[Any]:
             continue
         if not value.strip():
             continue
-        if m := re_range.fullmatch(value):
-            step = _number(m.group(3), int) if m.group(3) else 1
-            out += int_range(_number(m.group(1), int), _number(m.group(2), int), step, value)
-        elif m := re_range_count.fullmatch(value):
-            count = int(m.group(3))
-            out += [int(x) for x in linspace(_number(m.group(1), int), _number(m.group(2), int), count, value)]
+        if m := step_range.fullmatch(value):
+            step = _number(m.group(3), kind) if m.group(3) else kind(1)
+            out += make_range(_number(m.group(1), kind), _number(m.group(2), kind), step, value)
+        elif m := count_range.fullmatch(value):
+            count = int(kind(m.group(3)))
+            out += [kind(x) for x in linspace(_number(m.group(1), kind), _number(m.group(2), kind), count, value)]
         else:
             out.append(value)
     return out
+
+
+def expand_int_values(values: Iterable[str]) -> list[Any]:
+    """Each `a-b`, `a-b (+s)` or `a-b [n]` expanded to integers; other values kept (blank ones dropped)."""
+    return _expand_values(values, int, re_range, re_range_count, int_range)
 
 
 def expand_float_values(values: Iterable[str]) -> list[Any]:
     """Each `a-b (+s)` (step 1 if absent) or `a-b [n]` expanded to decimals; other values kept."""
-    out: list[Any] = []
-    for value in values:
-        if not isinstance(value, str):
-            out.append(value)
-            continue
-        if not value.strip():
-            continue
-        if m := re_range_float.fullmatch(value):
-            step = _number(m.group(3), float) if m.group(3) else 1.0
-            out += float_range(_number(m.group(1), float), _number(m.group(2), float), step, value)
-        elif m := re_range_count_float.fullmatch(value):
-            count = int(float(m.group(3)))
-            out += linspace(_number(m.group(1), float), _number(m.group(2), float), count, value)
-        else:
-            out.append(value)
-    return out
+    return _expand_values(values, float, re_range_float, re_range_count_float, float_range)
 
 
 def axis_value_strings(opt: AxisOption, text: Any, dropdown: Any, csv_mode: bool) -> list:

@@ -241,3 +241,32 @@ def test_gradio_credentials_and_theme(tmp_path):
     assert ui.gradio_credentials(argparse.Namespace()) is None and ui._theme_js(argparse.Namespace()) is None
     with pytest.raises(errors.ConfigError, match="#1"):
         ui.gradio_credentials(argparse.Namespace(gradio_auth="secretwithoutcolon"))
+
+
+def test_xyz_plot_from_the_ui_shows_the_grids_infotext(serena):
+    """The X/Y/Z plot without sub images returns only the grid but every infotext (as A1111): the
+    page shows the grid's own infotext, with the axes."""
+    from modules import scripts
+    runner = scripts.scripts_txt2img
+    xyz = next(s for s in runner.selectable_scripts if s.title() == "X/Y/Z plot")
+    script_values = runner.default_script_args()
+    script_values[0] = runner.selectable_scripts.index(xyz) + 1
+    script_values[xyz.args_from:xyz.args_to] = [4, "1,2", [], 0, "", [], 0, "", [], True, False, False, False,
+                                                False, False, False, 0, False]
+    values = txt2img_values()
+    images, infotext, infotexts, status = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS),
+                                                    *script_values)
+    assert len(images) == 1 and images[0].size[0] > 64  # the grid of two 64x64 cells
+    assert "X Type: Steps" in infotext and infotexts == [infotext]
+
+
+def test_malformed_extension_tabs_are_reported_and_left_out(caplog):
+    import gradio as gr
+
+    from modules import ui
+    with gr.Blocks() as good:
+        gr.Textbox("x")
+    with caplog.at_level("ERROR"):
+        tabs = ui._extension_tabs([(good, "Good", "good"), ("not blocks", "Bad", "bad"), ("too short",)])
+    assert tabs == [(good, "Good", "good")]
+    assert "'Bad'" in caplog.text and "too short" in caplog.text

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 API = "/sdapi/v1"
 
@@ -35,3 +36,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def post_json(client, route: str, payload: dict, status: int = 200) -> dict:
+    """POST `payload` to `/sdapi/v1/<route>`, assert the HTTP status, return the JSON body."""
+    r = client.post(f"{API}/{route}", json=payload)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def infotext_param(infotext: str, key: str) -> str:
+    """The value of `key` on an infotext's parameter line (its last line); fails when absent."""
+    match = re.search(rf"(?:^|, ){re.escape(key)}: ([^,]+)", infotext.split("\n")[-1])
+    assert match, f"{key!r} not in {infotext!r}"
+    return match.group(1)
+
+
+def same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    """Whether two images have the same size and the same RGB pixels."""
+    return a.size == b.size and ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None

@@ -81,7 +81,15 @@ SCRIPT = """
             return {"wildcards_dir": shared.cmd_opts.wildcards_dir, "with_ui": demo is not None}
 
 
+    def on_ui_tabs():
+        with gr.Blocks(analytics_enabled=False) as tab:
+            with gr.Row().style(equal_height=True):
+                gr.Textbox("hello from the extension's tab", elem_id="serena_test_tab_text")
+        return [(tab, "Serena test", "serena_test_tab")]
+
+
     script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_ui_tabs(on_ui_tabs)
     script_callbacks.on_cfg_denoiser(on_cfg_denoiser)
     script_callbacks.on_app_started(on_app_started)
 
@@ -281,6 +289,10 @@ def test_route_from_on_app_started_is_not_shadowed_by_the_ui(installed, serena_d
             ok = c.get("/serena-test/info")
             assert ok.status_code == 200 and ok.json()["with_ui"] is True
             assert c.get("/").status_code == 200  # the UI (with the script's Gradio 3 controls) is served
+            config = c.get("/config").json()
+            elem_ids = {comp.get("props", {}).get("elem_id") for comp in config["components"]}
+            assert "serena_test_tab_text" in elem_ids  # the on_ui_tabs tab
+            assert "script_txt2img_serena_test_note" in elem_ids  # the AlwaysVisible script's control
     finally:
         shared.cmd_opts = saved
 

@@ -11,9 +11,9 @@ import json
 import os
 
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image
 
-from api_helpers import API, TXT2IMG_BASE, decode, png_b64
+from api_helpers import API, TXT2IMG_BASE, decode, png_b64, same_pixels
 from modules import errors, scripts
 from modules.runtime.runner import ProcessingRunner
 
@@ -57,10 +57,6 @@ def plot(client, script_args: list, status: int = 200, **changes) -> dict:
 def infotexts(response: dict) -> list[str]:
     """The `parameters` text of every returned image."""
     return [decode(b64).info.get("parameters", "") for b64 in response["images"]]
-
-
-def same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
 
 
 # --- parsing ---------------------------------------------------------------------------------------

@@ -9,13 +9,12 @@ runner recorder proves every generation reaches `ProcessingRunner.run`.
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image
 
-from api_helpers import API, decode, png_b64
+from api_helpers import API, decode, infotext_param as param, png_b64, post_json, same_pixels
 from modules import scripts, upscaling
 from modules.runtime.runner import ProcessingRunner
 
@@ -53,19 +52,7 @@ def runner_calls(monkeypatch) -> list:
 def img2img(client, init_image: str, status: int = 200, **changes) -> dict:
     payload = {"init_images": [init_image], "prompt": "a landscape", "denoising_strength": 0.5, "steps": 1,
                "width": 64, "height": 64, "seed": 7, "sampler_name": "Euler", "cfg_scale": 5, **changes}
-    r = client.post(f"{API}/img2img", json=payload)
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-def param(infotext: str, key: str) -> str:
-    match = re.search(rf"(?:^|, ){re.escape(key)}: ([^,]+)", infotext.split("\n")[-1])
-    assert match, f"{key!r} not in {infotext!r}"
-    return match.group(1)
-
-
-def same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
+    return post_json(client, "img2img", payload, status)
 
 
 def mean_difference(a: Image.Image, b: Image.Image) -> float:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image
 
-from api_helpers import API, decode, png_b64
+from api_helpers import API, decode, infotext_param as param, png_b64, post_json, same_pixels
 from modules import scripts
 from modules.runtime.runner import ProcessingRunner
 
@@ -31,17 +30,7 @@ def init_image() -> str:
 def img2img(client, init_image: str, status: int = 200, **changes) -> dict:
     payload = {"init_images": [init_image], "prompt": "a red square", "denoising_strength": 0.6, "steps": 2,
                "width": 64, "height": 64, "seed": 9, "sampler_name": "Euler", "cfg_scale": 7, **changes}
-    r = client.post(f"{API}/img2img", json=payload)
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-def param(infotext: str, key: str) -> str:
-    return re.search(rf"(?:^|, ){re.escape(key)}: ([^,]+)", infotext.split("\n")[-1]).group(1)
-
-
-def same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
+    return post_json(client, "img2img", payload, status)
 
 
 def test_loopback_is_img2img_only_with_a1111_defaults(client):

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from PIL import Image, ImageChops
 
-from api_helpers import API, TXT2IMG_BASE, decode
+from api_helpers import API, TXT2IMG_BASE, decode, same_pixels
 from modules import scripts
 from modules.runtime.runner import ProcessingRunner
 
@@ -30,10 +29,6 @@ def infotext_prompt(infotext: str) -> str:
     """The prompt lines of an infotext (everything before the negative prompt / parameter line)."""
     lines = infotext.split("\n")
     return "\n".join(line for line in lines[:-1] if not line.startswith("Negative prompt: ")) if len(lines) > 1 else ""
-
-
-def same_pixels(a: Image.Image, b: Image.Image) -> bool:
-    return a.size == b.size and ImageChops.difference(a.convert("RGB"), b.convert("RGB")).getbbox() is None
 
 
 @pytest.fixture()
