@@ -75,7 +75,9 @@ def create_app():
     if shared.cmd_opts.nowebui:
         run_app_started(app, None)
         return app
-    from modules import ui
+    from modules import ui, ui_extra_networks, ui_head
+    ui_head.add_routes(app)  # the page's JavaScript/CSS (Serena's and extensions'), before the mount
+    ui_extra_networks.add_routes(app)  # card preview images and metadata
     blocks = ui.create_ui()
     run_app_started(app, blocks)
     return ui.mount(app, blocks=blocks)

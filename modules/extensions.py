@@ -354,3 +354,199 @@ def run_extensions_installers() -> list[str]:
         except OSError:
             errors.report(f"Could not write {stamp_file}", exc_info=True)
     return ran
+
+
+# --- management (the Extensions tab) ----------------------------------------------------------------------
+class ExtensionError(ValueError):
+    """A refused or failed management request; its text is a short message for the user."""
+
+
+NON_LOCAL_FLAGS = ("listen", "share", "ngrok", "server_name")
+
+
+def access_refused(flags: Any = None) -> str | None:
+    """Why extension management is refused, or None when allowed. A1111's rule: a server reachable
+    beyond this machine (`--listen`, `--share`, `--ngrok`, `--server-name`) may not install, update
+    or toggle extensions unless `--enable-insecure-extension-access` is given."""
+    flags = flags if flags is not None else _flags()
+    used = [f"--{name.replace('_', '-')}" for name in NON_LOCAL_FLAGS if getattr(flags, name, None)]
+    if not used or getattr(flags, "enable_insecure_extension_access", False):
+        return None
+    return (f"Extension access is disabled because of command line flags ({', '.join(used)}); "
+            "add --enable-insecure-extension-access to allow it.")
+
+
+def check_access(flags: Any = None) -> None:
+    """Raise `ExtensionError` when `access_refused()` says so."""
+    reason = access_refused(flags)
+    if reason:
+        raise ExtensionError(reason)
+
+
+def _git_run(args: list[str], cwd: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`git ARGS` with no terminal prompt (a private URL fails instead of waiting for a password)."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+    safe = ["-c", f"safe.directory={cwd}"] if cwd else []
+    return subprocess.run(["git", *safe, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def _first_line(text: str) -> str:
+    lines = [x.strip() for x in (text or "").splitlines() if x.strip()]
+    fatal = [x for x in lines if x.lower().startswith(("fatal:", "error:"))]
+    return (fatal or lines or ["(no output)"])[0]
+
+
+def check_updates_for(ext: Extension) -> None:
+    """`git fetch` the extension's remote and set `status` / `can_update`: "new commits (N behind)"
+    when the upstream branch has commits HEAD lacks, "latest" when not, "unknown (remote error)"
+    when fetching or comparing fails. Local remotes (file://, paths) need no network."""
+    ext.read_info_from_repo()
+    ext.can_update = False
+    if ext.remote is None:
+        ext.status = ""
+        return
+    try:
+        fetched = _git_run(["fetch", "--quiet", "origin"], cwd=ext.path, timeout=120)
+        if fetched.returncode != 0:
+            raise ExtensionError(_first_line(fetched.stderr))
+        upstream = f"origin/{ext.branch}" if ext.branch else "origin/HEAD"
+        counted = _git_run(["rev-list", "--count", f"HEAD..{upstream}"], cwd=ext.path, timeout=30)
+        if counted.returncode != 0:
+            raise ExtensionError(_first_line(counted.stderr))
+        behind = int(counted.stdout.strip() or 0)
+    except Exception as e:
+        ext.status = "unknown (remote error)"
+        print(f"Extensions: checking updates for {ext.name} failed: {e}")
+        return
+    ext.can_update = behind > 0
+    ext.status = f"new commits ({behind} behind)" if behind else "latest"
+
+
+def fetch_and_reset_hard(ext: Extension) -> None:
+    """Bring the checkout to its upstream branch (`git fetch` then `git reset --hard`), as A1111's
+    update does; local changes in the extension folder are lost."""
+    upstream = f"origin/{ext.branch}" if ext.branch else "origin/HEAD"
+    for args in (["fetch", "--quiet", "origin"], ["reset", "--hard", upstream]):
+        done = _git_run(args, cwd=ext.path, timeout=300)
+        if done.returncode != 0:
+            raise ExtensionError(f"Updating {ext.name} failed: {_first_line(done.stderr)}")
+    ext.have_info_from_repo = False
+    ext.read_info_from_repo()
+    ext.can_update, ext.status = False, "latest"
+
+
+_URL_SCHEMES = ("https://", "http://", "git://", "ssh://", "file://")
+_SCP_URL = re.compile(r"^[\w.-]+@[\w.-]+:[^\s]+$")
+
+
+def normalize_git_url(url: str | None) -> str:
+    """A remote URL compared across spellings: no trailing "/" or ".git", lower-cased scheme/host."""
+    url = (url or "").strip().rstrip("/")
+    if url.endswith(".git"):
+        url = url[:-4]
+    return url.lower() if url.startswith(("https://", "http://")) else url
+
+
+def validate_git_url(url: str) -> str:
+    """The stripped URL, or `ExtensionError`: empty, an option-like value, whitespace inside, or a
+    scheme git would not clone from here (https, http, git, ssh, file and `user@host:path`)."""
+    url = (url or "").strip()
+    if not url:
+        raise ExtensionError("No URL specified.")
+    if url.startswith("-") or any(c.isspace() for c in url):
+        raise ExtensionError(f"Not a git URL: {url!r}.")
+    if not (url.lower().startswith(_URL_SCHEMES) or _SCP_URL.match(url)):
+        raise ExtensionError(f"Not a git URL: {url!r} (use https://…, ssh://…, git@host:path or file://…).")
+    if url.lower().startswith(_URL_SCHEMES) and len(url.split("://", 1)[1].strip("/")) == 0:
+        raise ExtensionError(f"Not a git URL: {url!r}.")
+    return url
+
+
+def default_dirname(url: str) -> str:
+    """The folder name A1111 derives from a URL: its last path part without ".git"."""
+    last = re.split(r"[/:]", url.strip().rstrip("/"))[-1]
+    return last[:-4] if last.endswith(".git") else last
+
+
+def validate_dirname(name: str, root: str) -> str:
+    """The extension's folder under `root`, or `ExtensionError` for a name that would leave `root`
+    (separators, "..", absolute, hidden) or a folder that already exists."""
+    name = (name or "").strip()
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name \
+            or "\0" in name or os.path.isabs(name):
+        raise ExtensionError(f"Bad folder name for the extension: {name!r} (one plain folder name, "
+                             "inside the extensions folder).")
+    target = os.path.join(root, name)
+    root_real = os.path.realpath(root)
+    if os.path.dirname(os.path.realpath(target)) != root_real:
+        raise ExtensionError(f"Bad folder name for the extension: {name!r} (it leaves the extensions folder).")
+    if os.path.lexists(target):
+        raise ExtensionError(f"Extension directory already exists: {target}")
+    return target
+
+
+def install_from_url(url: str, branch: str | None = None, dirname: str | None = None) -> Extension:
+    """Clone `url` (optionally `branch`) into `<data>/extensions/<dirname>` (default: the URL's last
+    part), run its `install.py`, and rebuild `extensions`; returns the new extension. Refusals and
+    clone failures raise `ExtensionError` with a short message. The clone goes to `<data>/tmp`
+    first, so a failed clone leaves no folder behind."""
+    import shutil
+    from modules import shared
+    check_access()
+    url = validate_git_url(url)
+    root = _user_dir()
+    target = validate_dirname(dirname.strip() if dirname and dirname.strip() else default_dirname(url), root)
+    wanted = normalize_git_url(url)
+    for ext in extensions:
+        ext.read_info_from_repo()
+        if ext.remote and normalize_git_url(ext.remote) == wanted:
+            raise ExtensionError(f"Extension with this URL is already installed: {ext.name}")
+    tmpdir = os.path.join(shared.data_paths.data_path, "tmp", "extension-" + os.path.basename(target))
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    os.makedirs(os.path.dirname(tmpdir), exist_ok=True)
+    branch_args = ["--branch", branch.strip()] if branch and branch.strip() else []
+    try:
+        cloned = _git_run(["clone", "--quiet", "--recurse-submodules", *branch_args, "--", url, tmpdir])
+        if cloned.returncode != 0:
+            raise ExtensionError(f"git clone failed: {_first_line(cloned.stderr)}")
+        os.makedirs(root, exist_ok=True)
+        shutil.move(tmpdir, target)
+    except subprocess.TimeoutExpired:
+        raise ExtensionError(f"git clone of {url} timed out.") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    ext = Extension(os.path.basename(target), target)
+    if os.path.isfile(os.path.join(target, "install.py")):
+        run_extension_installer(ext)
+    list_extensions()
+    print(f"Extensions: installed {url} into {target}")
+    return extension_paths.get(target, ext)
+
+
+def read_index(url: str, timeout: float = 20) -> dict:
+    """The extension index at `url` (A1111's format: `{"tags": {...}, "extensions": [{"name",
+    "url", "description", "tags", "added"}, ...]}`) from http(s), `file://` or a local path;
+    `ExtensionError` when it cannot be read or is not such an index."""
+    import urllib.parse
+    import urllib.request
+    url = (url or "").strip()
+    if not url:
+        raise ExtensionError("No extension index URL given.")
+    try:
+        if url.lower().startswith(("http://", "https://")):
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                text = response.read()
+        else:
+            path = urllib.request.url2pathname(urllib.parse.urlparse(url).path) if url.startswith("file:") else url
+            with open(os.path.expanduser(path), "rb") as f:
+                text = f.read()
+    except Exception as e:
+        raise ExtensionError(f"Could not load the extension index from {url}: {getattr(e, 'reason', None) or e}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ExtensionError(f"The extension index at {url} is not JSON.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("extensions"), list):
+        raise ExtensionError(f"The extension index at {url} has no \"extensions\" list.")
+    return data

@@ -663,3 +663,15 @@ def install() -> None:
     _add_event_aliases()
     _add_removed_names()
     _installed = True
+
+
+def build_detached(build: Callable[[], Any]) -> Any:
+    """Run `build` (which makes a throw-away `gr.Blocks`) outside any Gradio context.
+
+    Inside an event handler Gradio renders new components into the running event (its context
+    variables say so), which breaks a Blocks built for another purpose (script argument layouts
+    rebuilt after a reload, Extras script controls made on first use). A fresh, empty
+    `contextvars.Context` gives `build` none of that state.
+    """
+    import contextvars
+    return contextvars.Context().run(build)

@@ -88,6 +88,18 @@ def options_section(section_identifier: tuple, options_dict: dict[str, OptionInf
     return options_dict
 
 
+def _all_option_names() -> dict[str, Any]:
+    """Component arguments of `quicksettings_list`: every option name is a choice."""
+    from modules import shared
+    return {"choices": list(shared.opts.data_labels)}
+
+
+def _localization_choices() -> dict[str, Any]:
+    """The Localization setting's choices: "None" and every localization file found (data folder, extensions)."""
+    from modules import ui_head
+    return {"choices": ["None", *ui_head.localization_files()]}
+
+
 def _sections() -> dict[str, dict[str, OptionInfo]]:
     """The option table. Names and defaults are A1111's (v1.10)."""
     O = OptionInfo
@@ -248,11 +260,18 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "sd_checkpoint_dropdown_use_short": O(False, "Checkpoint dropdown: use filenames without paths"),
             "hires_fix_show_sampler": O(False, "Hires fix: show hires checkpoint and sampler selection"),
             "hires_fix_show_prompts": O(False, "Hires fix: show hires prompt and negative prompt"),
-            "quicksettings_list": O(["sd_model_checkpoint"], "Quicksettings list"),
+            "quicksettings_list": O(["sd_model_checkpoint"], "Quicksettings list",
+                                   component_args=_all_option_names),
             "ui_reorder_list": O([], "UI item order for txt2img/img2img tabs"),
             "gradio_theme": O("Default", "Gradio theme"),
             "send_seed": O(True, "Send seed when sending prompt or image to other interface"),
             "send_size": O(True, "Send size when sending prompt or image to another interface"),
+            "localization": O("None", "Localization", component_args=_localization_choices).needs_reload_ui(),
+            "include_styles_into_token_counters": O(True, "Count tokens of enabled styles"),
+            "extra_networks_default_multiplier": O(1.0, "Default multiplier for extra networks", minimum=0.0,
+                                                   maximum=2.0),
+            "extra_networks_add_text_separator": O(" ", "Extra networks separator: text added between the "
+                                                   "prompt and the tag"),
         },
         "sampler-params": {
             "hide_samplers": O([], "Hide samplers in user interface"),

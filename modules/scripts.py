@@ -675,18 +675,24 @@ def _rebuild_runners() -> None:
     which lays out the argument arrays (A1111 builds these UI objects in API-only mode too), after
     hidden stand-ins of the tab's own controls (see `build_main_control_standins`)."""
     import gradio as gr
-    global scripts_txt2img, scripts_img2img, scripts_current
+    global scripts_txt2img, scripts_img2img
     scripts_txt2img = ScriptRunner(is_img2img=False)
     scripts_img2img = ScriptRunner(is_img2img=True)
-    with gr.Blocks(analytics_enabled=False):
-        for runner in (scripts_txt2img, scripts_img2img):
-            runner.initialize_scripts(scripts_data)
-            previous, scripts_current = scripts_current, runner
-            try:
-                build_main_control_standins("img2img" if runner.is_img2img else "txt2img")
-            finally:
-                scripts_current = previous
-            runner.setup_ui()
+
+    def build() -> None:
+        global scripts_current
+        with gr.Blocks(analytics_enabled=False):
+            for runner in (scripts_txt2img, scripts_img2img):
+                runner.initialize_scripts(scripts_data)
+                previous, scripts_current = scripts_current, runner
+                try:
+                    build_main_control_standins("img2img" if runner.is_img2img else "txt2img")
+                finally:
+                    scripts_current = previous
+                runner.setup_ui()
+
+    from modules.gradio_extensions import build_detached
+    build_detached(build)  # also when called from a UI event (Extensions tab: Apply and restart)
 
 
 MAIN_CONTROL_STANDINS = (

@@ -241,9 +241,14 @@ class ScriptPostprocessingRunner:
 
     def _ensure_ui(self) -> None:
         if not self.ui_created:
-            import gradio as gr
-            with gr.Blocks(analytics_enabled=False):
-                self.setup_ui()
+            from modules.gradio_extensions import build_detached
+
+            def build() -> None:
+                import gradio as gr
+                with gr.Blocks(analytics_enabled=False):
+                    self.setup_ui()
+
+            build_detached(build)
 
     def _ready_scripts(self) -> list[ScriptPostprocessing]:
         """The scripts in run order whose controls exist (a script enabled after the UI was built

@@ -231,16 +231,130 @@ def apply_refiner(cfg_denoiser: Any, sigma: Any = None) -> bool:
 
 
 
-# --- A1111's latent → picture helpers (extensions showing previews call them) --------------------------
+# --- A1111's latent → picture helpers (live previews; extensions showing previews call them) -----------
 approximation_indexes = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3}
-"""A1111's live-preview decoders; Serena decodes every preview with the full VAE."""
+"""A1111's live-preview methods by index. "Approx NN" needs a downloaded network Serena does not
+ship, so it is served by "Approx cheap"; "TAESD" is used only when its decoder weights exist."""
+
+# Linear latent → RGB factors (4 latent channels × RGB), A1111's "Approx cheap" for SD1/SD2 and SDXL.
+CHEAP_APPROX_SD1 = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+CHEAP_APPROX_SDXL = ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163),
+                     (-0.3730, -0.2499, -0.2088))
+
+
+def _is_sdxl(model: Any = None) -> bool:
+    model = shared.sd_model if model is None else model
+    return bool(getattr(model, "is_sdxl", False))
+
+
+def cheap_approximation(sample: torch.Tensor, sdxl: bool = False) -> torch.Tensor:
+    """Latent(s) (…×4×H×W) → RGB in about [-1, 1] (…×3×H×W) by a fixed linear map, no VAE."""
+    coefs = torch.tensor(CHEAP_APPROX_SDXL if sdxl else CHEAP_APPROX_SD1, dtype=torch.float32, device=sample.device)
+    return torch.einsum("...lhw,lr->...rhw", sample.float(), coefs)
+
+
+def taesd_decoder_path(sdxl: bool = False) -> str:
+    """Where A1111 keeps the TAESD decoder weights: `<models>/VAE-taesd/taesd[xl]_decoder.pth`."""
+    import os
+    from modules import paths
+    return os.path.join(paths.models_path, "VAE-taesd", "taesdxl_decoder.pth" if sdxl else "taesd_decoder.pth")
+
+
+class _TaesdClamp(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class _TaesdBlock(torch.nn.Module):
+    """Three 3×3 convolutions with ReLUs between them, plus a skip path, then ReLU."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        c = torch.nn.Conv2d
+        self.conv = torch.nn.Sequential(c(n_in, n_out, 3, padding=1), torch.nn.ReLU(), c(n_out, n_out, 3, padding=1),
+                                        torch.nn.ReLU(), c(n_out, n_out, 3, padding=1))
+        self.skip = c(n_in, n_out, 1, bias=False) if n_in != n_out else torch.nn.Identity()
+        self.fuse = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(self.conv(x) + self.skip(x))
+
+
+def taesd_decoder_network(latent_channels: int = 4) -> torch.nn.Sequential:
+    """The TAESD decoder's layer layout (its weight files are state dicts of this Sequential):
+    latents → RGB in [0, 1] at 8× the latent size."""
+    layers: list[torch.nn.Module] = [_TaesdClamp(), torch.nn.Conv2d(latent_channels, 64, 3, padding=1), torch.nn.ReLU()]
+    for _ in range(3):
+        layers += [_TaesdBlock(64, 64), _TaesdBlock(64, 64), _TaesdBlock(64, 64), torch.nn.Upsample(scale_factor=2),
+                   torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)]
+    layers += [_TaesdBlock(64, 64), torch.nn.Conv2d(64, 3, 3, padding=1)]
+    return torch.nn.Sequential(*layers)
+
+
+_taesd_cache: dict[str, torch.nn.Module] = {}
+
+
+def taesd_decoder(sdxl: bool = False) -> torch.nn.Module | None:
+    """The TAESD decoder loaded from its weight file, or None when the file is not there."""
+    import os
+    path = taesd_decoder_path(sdxl)
+    if path in _taesd_cache:
+        return _taesd_cache[path]
+    if not os.path.isfile(path):
+        return None
+    network = taesd_decoder_network()
+    network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    network.eval().requires_grad_(False)
+    _taesd_cache[path] = network
+    return network
+
+
+def preview_method(approximation: int | None = None) -> str:
+    """The live-preview method to use: `approximation` (an index) or the option `show_progress_type`,
+    with "Approx NN" → "Approx cheap" and "TAESD" → "Approx cheap" when its weights are missing."""
+    method = _requested_method(approximation)
+    if method not in approximation_indexes or method == "Approx NN":
+        return "Approx cheap"
+    if method == "TAESD" and not __import__("os").path.isfile(taesd_decoder_path(_is_sdxl())):
+        return "Approx cheap"
+    return method
+
+
+def _requested_method(approximation: int | None) -> str:
+    """The method `approximation` (an index of `approximation_indexes`) names, else the option's."""
+    names = {v: k for k, v in approximation_indexes.items()}
+    method = names.get(approximation) if approximation is not None else None
+    return method or getattr(shared.opts, "show_progress_type", "Full")
+
+
+def samples_to_images_tensor(samples: torch.Tensor, approximation: int | None = None) -> torch.Tensor:
+    """Latents (B×C×H×W) → images in [0, 1] (B×3×h×w) with the chosen preview method."""
+    method = preview_method(approximation)
+    if method == "TAESD":
+        network = taesd_decoder(_is_sdxl())
+        if network is not None:
+            weight = next(network.parameters())
+            return network(samples.to(weight.device, weight.dtype)).float().clamp(0.0, 1.0)
+    if method == "Approx cheap" and samples.shape[1] == 4:  # other latent layouts: decode with the VAE
+        images = ((cheap_approximation(samples, _is_sdxl()) + 1.0) / 2.0).clamp(0.0, 1.0)
+        if _requested_method(approximation) == "Approx NN":
+            # standing in for A1111's network, whose images are full size: callers size by them
+            images = torch.nn.functional.interpolate(images, scale_factor=8, mode="bilinear", align_corners=False)
+        return images
+    from modules import processing
+    decoded = processing.decode_first_stage(shared.sd_model, samples)
+    return torch.clamp((decoded.float() + 1.0) / 2.0, 0.0, 1.0)
+
+
+def _to_pil(image: torch.Tensor) -> Any:
+    from PIL import Image
+    array = image.detach().float().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array)
 
 
 def single_sample_to_image(sample: torch.Tensor, approximation: int | None = None) -> Any:
-    """One latent (C×H×W) → RGB PIL image, decoded with the current model's VAE."""
-    from modules import processing
-    decoded = processing.decode_first_stage(shared.sd_model, sample.unsqueeze(0))[0]
-    return processing.sample_to_image(torch.clamp((decoded.float() + 1.0) / 2.0, 0.0, 1.0))
+    """One latent (C×H×W) → RGB PIL image with the chosen preview method (default: the option)."""
+    return _to_pil(samples_to_images_tensor(sample.unsqueeze(0), approximation)[0])
 
 
 def sample_to_image(samples: torch.Tensor, index: int = 0, approximation: int | None = None) -> Any:
@@ -251,7 +365,8 @@ def sample_to_image(samples: torch.Tensor, index: int = 0, approximation: int | 
 def samples_to_image_grid(samples: torch.Tensor, approximation: int | None = None) -> Any:
     """Every latent of a batch, decoded, as one grid image."""
     from modules import images
-    return images.image_grid([single_sample_to_image(sample, approximation) for sample in samples])
+    decoded = samples_to_images_tensor(samples, approximation)
+    return images.image_grid([_to_pil(image) for image in decoded])
 
 
 def images_tensor_to_samples(image: torch.Tensor, approximation: int | None = None, model: Any = None) -> torch.Tensor:

@@ -17,6 +17,7 @@ class State:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self._preview_lock = threading.Lock()
         self.server_start = time.time()
         self.reset()
 
@@ -83,11 +84,40 @@ class State:
         self.id_live_preview += 1
 
     def set_current_image(self) -> None:
-        """A1111 decodes a live preview here every few steps; Serena's previews come from the
-        progress route, so there is nothing to do."""
+        """Make a new live preview from the latest latent when `show_progress_every_n_steps` steps
+        passed since the last one (and `live_previews_enable` is on). The progress routes call
+        this when they are asked for a preview, so the sampler never waits for a decode."""
+        from modules import shared
+        opts = shared.opts
+        every = int(getattr(opts, "show_progress_every_n_steps", 10))
+        if not getattr(opts, "live_previews_enable", True) or every <= 0 or self.current_latent is None:
+            return
+        if self.sampling_step - self.current_image_sampling_step < every:
+            return
+        self.do_set_current_image()
 
     def do_set_current_image(self) -> None:
-        """See `set_current_image`."""
+        """Decode the latest latent now with the option `show_progress_type` (one image, or a grid of
+        the batch with `show_progress_grid`). Only one thread decodes at a time; others skip."""
+        latent, step = self.current_latent, self.sampling_step
+        if latent is None or not self._preview_lock.acquire(blocking=False):
+            return
+        try:
+            from modules import sd_samplers_common, shared
+            if latent.dim() == 3:
+                latent = latent.unsqueeze(0)
+            if getattr(shared.opts, "show_progress_grid", True) and latent.shape[0] > 1:
+                image = sd_samplers_common.samples_to_image_grid(latent)
+            else:
+                image = sd_samplers_common.sample_to_image(latent)
+            self.assign_current_image(image)
+            self.current_image_sampling_step = step
+        except Exception:
+            from modules import errors
+            errors.report("Live preview failed", exc_info=True)
+            self.current_image_sampling_step = step  # do not retry the same latent on every poll
+        finally:
+            self._preview_lock.release()
 
     def sampling_callback(self, step: int, total: int) -> None:
         """Record that sampling step `step` (0-based) of `total` finished."""

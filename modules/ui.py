@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from modules import errors, shared, ui_handlers as h  # noqa: E402
+from modules import errors, shared, ui_extra_networks, ui_handlers as h, ui_progress, ui_toprow  # noqa: E402
 # Names extensions import from `modules.ui` (A1111 defines or re-exports them there).
 from modules.call_queue import wrap_gradio_call, wrap_gradio_gpu_call, wrap_queued_call  # noqa: E402,F401
 from modules.ui_common import (  # noqa: E402,F401
@@ -36,8 +37,8 @@ def gr_show(visible: bool = True) -> dict:
     return gr.update(visible=visible)
 
 
-GENERATION_CONCURRENCY = 16  # jobs then wait in call_queue's FIFO, where the progress line sees them
-PROGRESS_INTERVAL_S = 0.5
+from modules.ui_progress import GENERATION_CONCURRENCY, PROGRESS_INTERVAL_S  # noqa: E402,F401
+from modules.ui_toprow import style_names  # noqa: E402,F401
 
 CSS = """
 .serena-progress { position: relative; height: 1.6em; border-radius: 6px; overflow: hidden;
@@ -65,6 +66,9 @@ class GenerationTab:
     progress: gr.HTML | None = None
     script_inputs: list = field(default_factory=list)
     """The tab's script runner's flat argument controls (slot 0: the "Script" dropdown)."""
+    extra_networks: Any = None
+    script_layout: list = field(default_factory=list)
+    """Where each script's values sit in `script_inputs`, as built (see ui_handlers.script_layout)."""
     script_paste_fields: list = field(default_factory=list)
     """The scripts' `infotext_fields`: (control, infotext key or function of the parsed infotext)."""
 
@@ -86,32 +90,11 @@ def hires_upscaler_names() -> list[str]:
     return [*upscaling.latent_upscale_modes, *(u.name for u in upscaling.sd_upscalers)]
 
 
-def style_names() -> list[str]:
-    styles = shared.prompt_styles
-    return list(styles.styles) if styles is not None else []
-
-
 def _default(choices: list[str], wanted: str) -> str | None:
     return wanted if wanted in choices else (choices[0] if choices else None)
 
 
 # --- building blocks of a generation tab ----------------------------------------------------------------
-def _prompt_row(tab: GenerationTab) -> None:
-    """Prompts on the left; Generate / Interrupt / Skip and styles on the right (A1111's top row)."""
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=6):
-            tab.fields["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab.kind}_prompt")
-            tab.fields["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2,
-                                                       elem_id=f"{tab.kind}_neg_prompt")
-        with gr.Column(scale=2, min_width=220):
-            tab.generate = gr.Button("Generate", variant="primary", elem_id=f"{tab.kind}_generate")
-            with gr.Row():
-                tab.interrupt = gr.Button("Interrupt", variant="stop", size="sm", elem_id=f"{tab.kind}_interrupt")
-                tab.skip = gr.Button("Skip", size="sm", elem_id=f"{tab.kind}_skip")
-            tab.fields["styles"] = gr.Dropdown(style_names(), value=[], multiselect=True, label="Styles",
-                                               elem_id=f"{tab.kind}_styles")
-
-
 def _sampling_fields(tab: GenerationTab) -> None:
     samplers, schedulers = sampler_names(), scheduler_labels()
     with gr.Row():
@@ -127,18 +110,39 @@ def _size_and_batch_fields(tab: GenerationTab) -> None:
         with gr.Column(scale=3):
             tab.fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab.kind}_width")
             tab.fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab.kind}_height")
+        swap = gr.Button(switch_values_symbol, elem_classes="serena-tool", elem_id=f"{tab.kind}_res_switch_btn",
+                         scale=0, min_width=40)
         with gr.Column(scale=2):
             tab.fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab.kind}_batch_count")
             tab.fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab.kind}_batch_size")
+    swap.click(lambda w, hgt: (hgt, w), inputs=[tab.fields["width"], tab.fields["height"]],
+               outputs=[tab.fields["width"], tab.fields["height"]], queue=False, show_progress="hidden")
     tab.fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab.kind}_cfg_scale")
 
 
 def _seed_row(tab: GenerationTab) -> tuple[gr.Button, gr.Button]:
-    """Seed box with 🎲 (random: -1) and ♻️ (reuse the shown image's seed) buttons."""
+    """Seed box with 🎲 (random: -1) and ♻️ (reuse the shown image's seed) buttons, and A1111's
+    "Extra" section: variation seed and strength, resize seed from width/height."""
     with gr.Row(equal_height=True):
         tab.fields["seed"] = gr.Number(value=-1, precision=0, label="Seed", elem_id=f"{tab.kind}_seed", scale=6)
         random_seed = gr.Button("🎲", elem_classes="serena-tool", elem_id=f"{tab.kind}_random_seed", scale=0)
         reuse_seed = gr.Button("♻️", elem_classes="serena-tool", elem_id=f"{tab.kind}_reuse_seed", scale=0)
+        tab.fields["seed_extras"] = gr.Checkbox(False, label="Extra", elem_id=f"{tab.kind}_subseed_show", scale=1)
+    with gr.Group(visible=False, elem_id=f"{tab.kind}_seed_extras") as extras:
+        with gr.Row(equal_height=True):
+            tab.fields["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
+                                              elem_id=f"{tab.kind}_subseed", scale=6)
+            random_subseed = gr.Button("🎲", elem_classes="serena-tool", elem_id=f"{tab.kind}_random_subseed", scale=0)
+            tab.fields["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                                       elem_id=f"{tab.kind}_subseed_strength", scale=6)
+        with gr.Row():
+            tab.fields["seed_resize_from_w"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                                         elem_id=f"{tab.kind}_seed_resize_from_w")
+            tab.fields["seed_resize_from_h"] = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                                         elem_id=f"{tab.kind}_seed_resize_from_h")
+    tab.fields["seed_extras"].change(lambda on: gr.update(visible=bool(on)), inputs=tab.fields["seed_extras"],
+                                     outputs=extras, queue=False, show_progress="hidden")
+    random_subseed.click(lambda: -1, outputs=tab.fields["subseed"], queue=False, show_progress="hidden")
     return random_seed, reuse_seed
 
 
@@ -160,6 +164,34 @@ def _hires_fields(tab: GenerationTab) -> None:
                                                   elem_id="txt2img_hr_resize_x")
             tab.fields["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                                   elem_id="txt2img_hr_resize_y")
+        with gr.Row(elem_id="txt2img_hires_fix_row3", visible=bool(shared.opts.hires_fix_show_sampler)):
+            checkpoints = ["Use same checkpoint", *h.checkpoint_titles()]
+            tab.fields["hr_checkpoint_name"] = gr.Dropdown(checkpoints, value=checkpoints[0], label="Hires checkpoint",
+                                                           elem_id="txt2img_hr_checkpoint")
+            samplers = ["Use same sampler", *sampler_names()]
+            tab.fields["hr_sampler_name"] = gr.Dropdown(samplers, value=samplers[0], label="Hires sampling method",
+                                                        elem_id="txt2img_hr_sampler")
+            schedulers = ["Use same scheduler", *scheduler_labels()]
+            tab.fields["hr_scheduler"] = gr.Dropdown(schedulers, value=schedulers[0], label="Hires schedule type",
+                                                     elem_id="txt2img_hr_scheduler")
+        with gr.Row(elem_id="txt2img_hires_fix_row4", visible=bool(shared.opts.hires_fix_show_prompts)):
+            tab.fields["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, placeholder="Leave empty to use the "
+                                                 "same prompt as in first pass.", elem_id="txt2img_hr_prompt")
+            tab.fields["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                          placeholder="Leave empty to use the same negative prompt "
+                                                          "as in first pass.", elem_id="txt2img_hr_neg_prompt")
+
+
+def _refiner_fields(tab: GenerationTab) -> None:
+    """A1111's Refiner section: a second checkpoint takes over from `switch at` of the steps."""
+    with gr.Accordion("Refiner", open=False, elem_id=f"{tab.kind}_refiner"):
+        tab.fields["enable_refiner"] = gr.Checkbox(False, label="Enable refiner", elem_id=f"{tab.kind}_enable_refiner")
+        with gr.Row():
+            checkpoints = h.checkpoint_titles()
+            tab.fields["refiner_checkpoint"] = gr.Dropdown(checkpoints, value=None, label="Checkpoint",
+                                                           elem_id=f"{tab.kind}_refiner_checkpoint")
+            tab.fields["refiner_switch_at"] = gr.Slider(0.01, 1.0, value=0.8, step=0.01, label="Switch at",
+                                                        elem_id=f"{tab.kind}_refiner_switch_at")
 
 
 def _img2img_inputs(tab: GenerationTab) -> None:
@@ -194,35 +226,6 @@ def _output_panel(tab: GenerationTab) -> None:
 
 
 # --- wiring -------------------------------------------------------------------------------------------------
-def _wire_generation(tab: GenerationTab, handler: Callable[..., Any], field_order: tuple[str, ...]) -> None:
-    """Generate: new task id + start the progress timer → run the job → stop the timer.
-
-    The job event may run several at once; they then wait in call_queue's FIFO, so the progress
-    line can show their position. Interrupt and Skip bypass Gradio's queue.
-    """
-    task_id = gr.State(None)
-    infotexts = gr.State([])
-    timer = gr.Timer(PROGRESS_INTERVAL_S, active=False)
-    inputs = [task_id, *(tab.fields[name] for name in field_order), *tab.script_inputs]
-    outputs = [tab.gallery, tab.infotext, infotexts, tab.status]
-
-    def begin() -> tuple[str, gr.Timer, str]:
-        return h.new_task_id(tab.kind), gr.Timer(active=True), ""
-
-    def finish() -> tuple[gr.Timer, str]:
-        return gr.Timer(active=False), ""
-
-    started = tab.generate.click(begin, outputs=[task_id, timer, tab.progress], queue=False, show_progress="hidden")
-    job = started.then(handler, inputs=inputs, outputs=outputs, concurrency_id="generate",
-                       concurrency_limit=GENERATION_CONCURRENCY, show_progress="minimal", api_name=tab.kind)
-    job.then(finish, outputs=[timer, tab.progress], queue=False, show_progress="hidden")
-    timer.tick(h.progress_html, inputs=task_id, outputs=tab.progress, queue=False, show_progress="hidden")
-    tab.interrupt.click(h.interrupt, queue=False, show_progress="hidden")
-    tab.skip.click(h.skip, queue=False, show_progress="hidden")
-    tab.gallery.select(h.select_infotext, inputs=infotexts, outputs=tab.infotext, queue=False,
-                       show_progress="hidden")
-
-
 def _wire_seed(tab: GenerationTab, random_seed: gr.Button, reuse_seed: gr.Button) -> None:
     random_seed.click(lambda: -1, outputs=tab.fields["seed"], queue=False, show_progress="hidden")
     reuse_seed.click(h.seed_from_infotext, inputs=tab.infotext, outputs=tab.fields["seed"], queue=False,
@@ -238,6 +241,7 @@ def _scripts_section(tab: GenerationTab) -> None:
     with gr.Column(elem_id=f"{tab.kind}_script_container"):
         runner.setup_ui()
     tab.script_inputs = [c for c in runner.inputs if isinstance(c, gr.components.Component)]
+    tab.script_layout = h.script_layout(runner)
     tab.script_paste_fields = [(c, key) for c, key in runner.infotext_fields if isinstance(c, gr.components.Component)]
     if len(tab.script_inputs) != len(runner.inputs):  # an extension returned something that is no control
         log.warning("%s: some script controls are not Gradio components; the scripts get their defaults",
@@ -261,24 +265,28 @@ def _current_scripts(kind: str) -> Iterator[None]:
 # --- tabs ---------------------------------------------------------------------------------------------------
 def txt2img_tab() -> GenerationTab:
     tab = GenerationTab("txt2img")
-    _prompt_row(tab)
+    ui_toprow.create_toprow(tab)
+    tab.extra_networks = ui_extra_networks.create_ui(tab)  # 🎴 panel: cards add their tags to the prompt
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             _sampling_fields(tab)
             _size_and_batch_fields(tab)
             seed_buttons = _seed_row(tab)
             _hires_fields(tab)
+            _refiner_fields(tab)
             _scripts_section(tab)
         with gr.Column(scale=1):
             _output_panel(tab)
-    _wire_generation(tab, h.txt2img, h.TXT2IMG_FIELDS)
+    ui_progress.wire_generation(tab, functools.partial(h.txt2img, layout=tab.script_layout), h.TXT2IMG_FIELDS)
+    ui_toprow.wire_toprow(tab, h.TXT2IMG_FIELDS)  # ↙ paste: after the scripts section (their paste fields)
     _wire_seed(tab, *seed_buttons)
     return tab
 
 
 def img2img_tab() -> GenerationTab:
     tab = GenerationTab("img2img")
-    _prompt_row(tab)
+    ui_toprow.create_toprow(tab)
+    tab.extra_networks = ui_extra_networks.create_ui(tab)  # 🎴 panel: cards add their tags to the prompt
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             _img2img_inputs(tab)
@@ -287,44 +295,14 @@ def img2img_tab() -> GenerationTab:
             tab.fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                          elem_id="img2img_denoising_strength")
             seed_buttons = _seed_row(tab)
+            _refiner_fields(tab)
             _scripts_section(tab)
         with gr.Column(scale=1):
             _output_panel(tab)
-    _wire_generation(tab, h.img2img, h.IMG2IMG_FIELDS)
+    ui_progress.wire_generation(tab, functools.partial(h.img2img, layout=tab.script_layout), h.IMG2IMG_FIELDS)
+    ui_toprow.wire_toprow(tab, h.IMG2IMG_FIELDS)
     _wire_seed(tab, *seed_buttons)
     return tab
-
-
-def png_info_tab(tabs: gr.Tabs, targets: list[GenerationTab]) -> None:
-    """Upload an image, read its parameters; "Send to …" pastes them into a generation tab."""
-    with gr.Row(equal_height=False):
-        with gr.Column():
-            image = gr.Image(type="pil", image_mode=None, label="Source", sources=["upload", "clipboard"],
-                             height=480, elem_id="pnginfo_image")
-        with gr.Column():
-            text = gr.Textbox(label="Parameters", lines=8, interactive=False, buttons=["copy"],
-                              elem_id="pnginfo_generation_info")
-            with gr.Row():
-                send = {tab.kind: gr.Button(f"Send to {tab.kind}", size="sm", elem_id=f"pnginfo_send_{tab.kind}")
-                        for tab in targets}
-            parsed = gr.JSON(label="Parsed parameters", open=True, elem_id="pnginfo_parsed")
-    image.change(h.png_info, inputs=image, outputs=[text, parsed], show_progress="hidden")
-    for tab in targets:
-        _wire_paste(send[tab.kind], text, tab, tabs)
-
-
-def _wire_paste(button: gr.Button, text: gr.Textbox, tab: GenerationTab, tabs: gr.Tabs) -> None:
-    """Fill `tab`'s fields from the infotext in `text` and switch to that tab."""
-    names = [name for name in tab.fields if name not in ("init_image", "mask")]
-
-    script_fields = list(tab.script_paste_fields)
-
-    def paste(infotext: str) -> list[Any]:
-        return [*h.paste_infotext(infotext, names), *h.paste_script_fields(infotext, script_fields),
-                gr.Tabs(selected=tab.kind)]
-
-    button.click(paste, inputs=text, outputs=[*(tab.fields[n] for n in names), *(c for c, _ in script_fields), tabs],
-                 show_progress="hidden")
 
 
 def checkpoint_row() -> gr.Dropdown:
@@ -342,22 +320,35 @@ def checkpoint_row() -> gr.Dropdown:
 
 def create_ui() -> gr.Blocks:
     """Build the whole page; choices (samplers, checkpoints, styles …) are read now."""
-    from modules import gradio_extensions, script_callbacks
+    from modules import (gradio_extensions, script_callbacks, ui_checkpoint_merger, ui_extensions, ui_loadsave,
+                         ui_pnginfo, ui_postprocessing, ui_settings)
     gradio_extensions.install()
     extension_tabs = _extension_tabs(script_callbacks.ui_tabs_callback())
     with gr.Blocks(title="Serena", analytics_enabled=False) as blocks:
         checkpoint = checkpoint_row()
+        ui_settings.create_quicksettings()
         with gr.Tabs(elem_id="tabs") as tabs:
-            with gr.Tab("txt2img", id="txt2img"), _current_scripts("txt2img"):
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"), _current_scripts("txt2img"):
                 txt2img = txt2img_tab()
-            with gr.Tab("img2img", id="img2img"), _current_scripts("img2img"):
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), _current_scripts("img2img"):
                 img2img = img2img_tab()
-            with gr.Tab("PNG Info", id="pnginfo"):
-                png_info_tab(tabs, [txt2img, img2img])
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ui_postprocessing.create_extras_tab()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                ui_pnginfo.create_png_info_tab(tabs, [txt2img, img2img])
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger = ui_checkpoint_merger.create_checkpoint_merger_tab()
             for component, title, elem_id in extension_tabs:
                 with gr.Tab(title, id=elem_id, elem_id=f"tab_{elem_id}"):
                     component.render()
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                ui_extensions.create_extensions_tab()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                ui_settings.create_settings_tab()
         blocks.load(h.checkpoint_dropdown, outputs=checkpoint, queue=False, show_progress="hidden")
+        if merger is not None:  # a merged checkpoint appears in the checkpoint list at once
+            merger.result.change(h.checkpoint_dropdown, outputs=checkpoint, show_progress="hidden")
+    ui_loadsave.apply(blocks)  # ui-config.json: saved defaults, ranges and visibility; missing keys written
     return blocks
 
 
@@ -425,7 +416,8 @@ def mount(app: FastAPI, cmd_opts: argparse.Namespace | None = None, blocks: gr.B
     blocks = blocks if blocks is not None else create_ui()
     blocks.queue(default_concurrency_limit=1)
     credentials = gradio_credentials(cmd_opts)
-    app = gr.mount_gradio_app(app, blocks, path="/", auth=credentials, ssr_mode=False,
+    from modules import ui_head
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=credentials, ssr_mode=False, head=ui_head.head_html(),
                               theme=gr.themes.Default(primary_hue="orange"), css=CSS, js=_theme_js(cmd_opts),
                               show_error=True, footer_links=["api", "gradio"],
                               allowed_paths=list(getattr(cmd_opts, "gradio_allowed_path", None) or []))

@@ -66,3 +66,30 @@ class LoginGate:
         await send({"type": "http.response.start", "status": 401,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+class PageOrApiAuthGate:
+    """ASGI wrapper for the files the page loads (its JavaScript/CSS, extra-network thumbnails):
+    a request passes with the API's HTTP Basic credentials or with the browser's Gradio login
+    cookie for the UI mounted on `fastapi_app` (a logged-in page sends no Basic header)."""
+
+    def __init__(self, inner: Any, fastapi_app: Any, credentials: list) -> None:
+        from modules.api.app import BasicAuthGate
+        self.inner = inner
+        self.fastapi_app = fastapi_app
+        self.basic = BasicAuthGate(inner, credentials)
+
+    def _ui_logged_in(self, scope: dict) -> bool:
+        from starlette.routing import Mount
+        for route in self.fastapi_app.router.routes:
+            if isinstance(route, Mount) and route.path == "":
+                gradio_app = route.app.app if isinstance(route.app, LoginGate) else route.app
+                if hasattr(gradio_app, "tokens"):
+                    return LoginGate(gradio_app).logged_in(scope)
+        return False
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self._ui_logged_in(scope):
+            await self.inner(scope, receive, send)
+            return
+        await self.basic(scope, receive, send)

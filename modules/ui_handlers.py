@@ -31,15 +31,26 @@ log = logging.getLogger("serena.ui")
 COMMON_FIELDS: tuple[str, ...] = (
     "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "width", "height",
     "n_iter", "batch_size", "cfg_scale", "seed",
+    "seed_extras", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+    "enable_refiner", "refiner_checkpoint", "refiner_switch_at",
 )
 TXT2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
     "enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
-    "denoising_strength",
+    "denoising_strength", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
 IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
     "init_image", "mask", "resize_mode", "denoising_strength", "mask_blur", "inpainting_mask_invert",
     "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
 )
+FIELD_DEFAULTS: dict[str, Any] = {
+    "seed_extras": False, "subseed": -1, "subseed_strength": 0.0, "seed_resize_from_w": 0, "seed_resize_from_h": 0,
+    "enable_refiner": False, "refiner_checkpoint": None, "refiner_switch_at": 0.8,
+    "hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
+    "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative_prompt": "",
+}
+"""What the optional controls hold when the page has not changed them (the request then equals one
+made without them)."""
+SAME = ("Use same checkpoint", "Use same sampler", "Use same scheduler")
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
@@ -96,8 +107,10 @@ def encode_png(image: Image.Image) -> str:
 
 
 def _common_fields(values: Mapping[str, Any], task_id: str | None) -> dict[str, Any]:
-    """Request fields both tabs share; the UI saves its samples as A1111's UI does."""
-    return {
+    """Request fields both tabs share; the UI saves its samples as A1111's UI does. The extra-seed
+    fields count only while "Extra" is ticked, the refiner only while it is enabled (A1111)."""
+    values = {**FIELD_DEFAULTS, **values}
+    fields = {
         "prompt": values.get("prompt") or "",
         "negative_prompt": values.get("negative_prompt") or "",
         "styles": list(values.get("styles") or []),
@@ -113,12 +126,26 @@ def _common_fields(values: Mapping[str, Any], task_id: str | None) -> dict[str, 
         "save_images": True,
         "force_task_id": task_id,
     }
+    if values.get("seed_extras"):
+        fields.update(subseed=int(values["subseed"]) if values.get("subseed") is not None else -1,
+                      subseed_strength=float(values.get("subseed_strength") or 0.0),
+                      seed_resize_from_w=int(values.get("seed_resize_from_w") or 0),
+                      seed_resize_from_h=int(values.get("seed_resize_from_h") or 0))
+    if values.get("enable_refiner") and values.get("refiner_checkpoint") not in (None, "", "None"):
+        fields.update(refiner_checkpoint=values["refiner_checkpoint"],
+                      refiner_switch_at=float(values.get("refiner_switch_at") or 0.8))
+    return fields
 
 
 def txt2img_request(values: Mapping[str, Any], task_id: str | None = None) -> models.StableDiffusionTxt2ImgProcessingAPI:
     """The API request the txt2img tab's values describe (hires denoising only with hires fix on)."""
     fields = _common_fields(values, task_id)
+    values = {**FIELD_DEFAULTS, **values}
     enable_hr = bool(values.get("enable_hr"))
+    if enable_hr:  # the hires pass's own checkpoint, sampler, schedule and prompts ("Use same …" = none)
+        fields.update({key: values[key] for key in ("hr_checkpoint_name", "hr_sampler_name", "hr_scheduler")
+                       if values.get(key) not in (None, "", *SAME)})
+        fields.update(hr_prompt=values.get("hr_prompt") or "", hr_negative_prompt=values.get("hr_negative_prompt") or "")
     fields.update(enable_hr=enable_hr, hr_upscaler=values.get("hr_upscaler"),
                   hr_scale=float(values.get("hr_scale") or 2.0),
                   hr_second_pass_steps=int(values.get("hr_second_pass_steps") or 0),
@@ -178,54 +205,81 @@ def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
     return present(processed, time.perf_counter() - started)
 
 
-def script_fields(is_img2img: bool, script_values: Sequence[Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ScriptSlot:
+    """Where one script's controls sit in a tab's flat script argument values."""
+
+    title: str
+    alwayson: bool
+    args_from: int
+    args_to: int
+
+
+def script_layout(runner: Any) -> list[ScriptSlot]:
+    """The layout of `runner`'s scripts: AlwaysVisible ones, then the selectable ones in dropdown order.
+    A tab keeps the layout it was built with, so a later script reload cannot shift its values."""
+    slots = [ScriptSlot(s.title(), True, s.args_from, s.args_to) for s in runner.alwayson_scripts
+             if s.args_from is not None]
+    slots += [ScriptSlot(s.title(), False, s.args_from or 0, s.args_to or 0) for s in runner.selectable_scripts]
+    return slots
+
+
+def script_fields(is_img2img: bool, script_values: Sequence[Any],
+                  layout: Sequence[ScriptSlot] | None = None) -> dict[str, Any]:
     """The request's `script_name`, `script_args` and `alwayson_scripts` from the tab's flat script
     argument values (slot 0: the "Script" dropdown's index, 0 = none), so the UI's scripts take the
-    API's road. An AlwaysVisible script always gets its slice; a selectable one only when chosen."""
+    API's road. An AlwaysVisible script always gets its slice; a selectable one only when chosen.
+    `layout` is the one the tab was built with (default: the current runner's)."""
     from modules import scripts
     if not script_values:
         return {}
-    runner = scripts.scripts_img2img if is_img2img else scripts.scripts_txt2img
+    if layout is None:
+        layout = script_layout(scripts.scripts_img2img if is_img2img else scripts.scripts_txt2img)
     values = list(script_values)
     fields: dict[str, Any] = {"alwayson_scripts": {
-        s.title(): {"args": values[s.args_from:s.args_to]} for s in runner.alwayson_scripts
-        if s.args_from is not None and s.args_to > s.args_from}}
+        slot.title: {"args": values[slot.args_from:slot.args_to]} for slot in layout
+        if slot.alwayson and slot.args_to > slot.args_from}}
+    selectable = [slot for slot in layout if not slot.alwayson]
     chosen = values[0] if values and isinstance(values[0], int) else 0
-    if 0 < chosen <= len(runner.selectable_scripts):
-        script = runner.selectable_scripts[chosen - 1]
-        fields["script_name"] = script.title()
-        fields["script_args"] = values[script.args_from:script.args_to] if script.args_from is not None else []
+    if 0 < chosen <= len(selectable):
+        slot = selectable[chosen - 1]
+        fields["script_name"] = slot.title
+        fields["script_args"] = values[slot.args_from:slot.args_to]
     return fields
 
 
-def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None,
-                     script_values: Sequence[Any] = ()) -> GenerationOutput:
+def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None, script_values: Sequence[Any] = (),
+                     layout: Sequence[ScriptSlot] | None = None) -> GenerationOutput:
     """Run the txt2img tab's values (and its scripts' values) through `generation.run_txt2img`."""
     from modules.api import generation
     request = txt2img_request(values, task_id)
-    request = request.model_copy(update=script_fields(False, script_values))
+    request = request.model_copy(update=script_fields(False, script_values, layout))
     return _run(functools.partial(generation.run_txt2img, ui=True), request)
 
 
-def generate_img2img(values: Mapping[str, Any], task_id: str | None = None,
-                     script_values: Sequence[Any] = ()) -> GenerationOutput:
+def generate_img2img(values: Mapping[str, Any], task_id: str | None = None, script_values: Sequence[Any] = (),
+                     layout: Sequence[ScriptSlot] | None = None) -> GenerationOutput:
     """Run the img2img tab's values (and its scripts' values) through `generation.run_img2img`."""
     from modules.api import generation
     request = img2img_request(values, task_id)
-    request = request.model_copy(update=script_fields(True, script_values))
+    request = request.model_copy(update=script_fields(True, script_values, layout))
     return _run(functools.partial(generation.run_img2img, ui=True), request)
 
 
-def txt2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
+def txt2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | None = None
+            ) -> tuple[list[Image.Image], str, list[str], str]:
     """Gradio entry point: values in `TXT2IMG_FIELDS` order, then the scripts' flat argument values."""
     n = len(TXT2IMG_FIELDS)
-    return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:]).as_tuple()
+    return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:],
+                            layout).as_tuple()
 
 
-def img2img(task_id: str | None, *values: Any) -> tuple[list[Image.Image], str, list[str], str]:
+def img2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | None = None
+            ) -> tuple[list[Image.Image], str, list[str], str]:
     """Gradio entry point: values in `IMG2IMG_FIELDS` order, then the scripts' flat argument values."""
     n = len(IMG2IMG_FIELDS)
-    return generate_img2img(dict(zip(IMG2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:]).as_tuple()
+    return generate_img2img(dict(zip(IMG2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:],
+                            layout).as_tuple()
 
 
 def select_infotext(infotexts: Sequence[str] | None, evt: gr.SelectData) -> str:
@@ -247,50 +301,8 @@ def seed_from_infotext(infotext: str | None) -> int:
         return -1
 
 
-# --- progress and cancellation ---------------------------------------------------------------------------
-def _bar(fraction: float, text: str) -> str:
-    percent = max(0.0, min(fraction, 1.0)) * 100
-    return (f"<div class='serena-progress'><div class='serena-progress-bar' style='width:{percent:.0f}%'></div>"
-            f"<span class='serena-progress-text'>{html.escape(text)}</span></div>")
-
-
-def _running_text(state: Any) -> tuple[float, str]:
-    """Fraction done and a one-line description of the running job, from `shared.state`."""
-    fraction = state.progress()
-    parts = [f"{fraction * 100:.0f}%"]
-    if state.sampling_steps:
-        parts.append(f"step {state.sampling_step}/{state.sampling_steps}")
-    if state.job_count > 1:
-        parts.append(f"batch {min(state.job_no + 1, state.job_count)}/{state.job_count}")
-    if state.time_start and fraction > 0.02:
-        elapsed = time.time() - state.time_start
-        parts.append(f"ETA {max(elapsed / fraction - elapsed, 0):.0f} s")
-    if state.interrupted:
-        parts.append("interrupting…")
-    return fraction, ", ".join(parts)
-
-
-def progress_html(task_id: str | None) -> str:
-    """The progress line for `task_id`: its queue position while it waits, then `shared.state`."""
-    if not task_id:
-        return ""
-    active, queued, _completed = call_queue.task_status(task_id)
-    if queued:
-        position = call_queue.queue_position(task_id) or 0
-        return _bar(0.0, f"Waiting in queue ({position} job(s) ahead)")
-    if active:
-        return _bar(*_running_text(shared.state))
-    return ""  # not started, finished or failed: a late tick must not leave a stale line behind
-
-
-def interrupt() -> None:
-    """Stop the running job after the current step; what was made so far is kept."""
-    shared.state.interrupt()
-
-
-def skip() -> None:
-    """Skip the rest of the current batch."""
-    shared.state.skip()
+# --- progress and cancellation: modules/ui_progress.py (names kept here for callers) ----------------------
+from modules.ui_progress import interrupt, progress_html, skip  # noqa: E402,F401
 
 
 # --- checkpoint -----------------------------------------------------------------------------------------------
@@ -364,6 +376,9 @@ _PASTED_TYPES: dict[str, type] = {
     "prompt": str, "negative_prompt": str, "steps": int, "cfg_scale": float, "seed": int, "width": int,
     "height": int, "denoising_strength": float, "hr_scale": float, "hr_upscaler": str,
     "hr_second_pass_steps": int, "hr_resize_x": int, "hr_resize_y": int,
+    "subseed": int, "subseed_strength": float, "seed_resize_from_w": int, "seed_resize_from_h": int,
+    "hr_checkpoint_name": str, "hr_sampler_name": str, "hr_scheduler": str, "hr_prompt": str,
+    "hr_negative_prompt": str, "refiner_checkpoint": str, "refiner_switch_at": float,
 }
 
 
@@ -390,6 +405,8 @@ def fields_from_infotext(text: str | None) -> dict[str, Any]:
         values["sampler_name"], values["scheduler"] = sd_samplers.get_sampler_and_scheduler(
             params.get("Sampler"), params.get("Schedule type"))
     values["enable_hr"] = "Hires upscale" in params or "Hires upscaler" in params
+    values["seed_extras"] = any(k in params for k in ("Variation seed", "Seed resize from-1"))
+    values["enable_refiner"] = "Refiner" in params
     return values
 
 

@@ -25,6 +25,7 @@ def txt2img_values(**changes: Any) -> dict[str, Any]:
         "cfg_scale": 7.0, "seed": 1234, "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 2.0,
         "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "denoising_strength": 0.7,
     }
+    values.update(h.FIELD_DEFAULTS)  # the optional controls as the page leaves them
     values.update(SMALL)
     values.update(changes)
     return values
@@ -270,3 +271,36 @@ def test_malformed_extension_tabs_are_reported_and_left_out(caplog):
         tabs = ui._extension_tabs([(good, "Good", "good"), ("not blocks", "Bad", "bad"), ("too short",)])
     assert tabs == [(good, "Good", "good")]
     assert "'Bad'" in caplog.text and "too short" in caplog.text
+
+
+def test_optional_controls_reach_the_request_only_when_switched_on():
+    plain = h.txt2img_request(txt2img_values())
+    assert plain.subseed_strength == 0 and plain.refiner_checkpoint is None and plain.hr_sampler_name is None
+    extra = h.txt2img_request(txt2img_values(seed_extras=True, subseed=55, subseed_strength=0.3,
+                                             seed_resize_from_w=64, seed_resize_from_h=48))
+    assert (extra.subseed, extra.subseed_strength, extra.seed_resize_from_w, extra.seed_resize_from_h) == (55, 0.3, 64, 48)
+    hidden = h.txt2img_request(txt2img_values(seed_extras=False, subseed=55, subseed_strength=0.3))
+    assert hidden.subseed_strength == 0  # A1111: the extra seed section counts only while shown
+    hires = h.txt2img_request(txt2img_values(enable_hr=True, hr_sampler_name="Euler a", hr_scheduler="Karras",
+                                             hr_prompt="sharper", hr_checkpoint_name="Use same checkpoint"))
+    assert (hires.hr_sampler_name, hires.hr_scheduler, hires.hr_prompt, hires.hr_checkpoint_name) == \
+        ("Euler a", "Karras", "sharper", None)
+    refiner = h.txt2img_request(txt2img_values(enable_refiner=True, refiner_checkpoint="x.safetensors",
+                                               refiner_switch_at=0.6))
+    assert (refiner.refiner_checkpoint, refiner.refiner_switch_at) == ("x.safetensors", 0.6)
+
+
+def test_variation_seed_from_the_ui_changes_the_image_and_infotext(serena):
+    base = h.generate_txt2img(txt2img_values(steps=2))
+    varied = h.generate_txt2img(txt2img_values(steps=2, seed_extras=True, subseed=99, subseed_strength=0.5))
+    assert "Variation seed: 99, Variation seed strength: 0.5" in varied.infotext
+    assert base.images[0].tobytes() != varied.images[0].tobytes()
+
+
+def test_paste_fills_the_extra_seed_hires_and_refiner_controls():
+    text = ("a cat\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x64, Variation seed: 9, Variation seed strength: 0.25, "
+            "Hires upscale: 2, Hires sampler: Euler a, Hires prompt: sharp, Refiner: r.safetensors, Refiner switch at: 0.7")
+    values = h.fields_from_infotext(text)
+    assert values["seed_extras"] and values["subseed"] == 9 and values["subseed_strength"] == 0.25
+    assert values["enable_hr"] and values["hr_sampler_name"] == "Euler a" and values["hr_prompt"] == "sharp"
+    assert values["enable_refiner"] and values["refiner_checkpoint"] == "r.safetensors" and values["refiner_switch_at"] == 0.7

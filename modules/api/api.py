@@ -238,32 +238,18 @@ class Api:
         eta_relative = elapsed / progress - elapsed if progress > 0 else 0.0
         current_image = None
         if not skip_current_image:
-            image_io.update_live_preview(state)
+            state.set_current_image()
             if state.current_image is not None:
                 current_image = image_io.encode_pil_to_base64(state.current_image)
         return m.ProgressResponse(progress=progress, eta_relative=eta_relative, state=state.dict(),
                                   current_image=current_image, textinfo=state.textinfo)
 
     async def internal_progress(self, req: m.InternalProgressRequest) -> m.InternalProgressResponse:
-        """A1111's UI progress for one task id: queued / active / completed, and its live preview."""
-        active, queued, completed = call_queue.task_status(req.id_task or "")
-        if not active:
-            textinfo = "Waiting..." if queued else None
-            return m.InternalProgressResponse(active=False, queued=queued, completed=completed,
-                                              id_live_preview=-1, textinfo=textinfo)
-        state = shared.state
-        progress = state.progress()
-        elapsed = time.time() - (state.time_start or time.time())
-        eta = elapsed / progress - elapsed if progress > 0 else None
-        live_preview, id_live_preview = None, req.id_live_preview
-        if req.live_preview:
-            image_io.update_live_preview(state)
-            if state.current_image is not None and state.id_live_preview != req.id_live_preview:
-                live_preview = "data:image/png;base64," + image_io.encode_pil_to_base64(state.current_image, "png")
-                id_live_preview = state.id_live_preview
-        return m.InternalProgressResponse(active=True, queued=False, completed=False, progress=progress, eta=eta,
-                                          live_preview=live_preview, id_live_preview=id_live_preview,
-                                          textinfo=state.textinfo)
+        """A1111's UI progress for one task id: queued (with how many jobs run first) / active /
+        completed, its ETA and its live preview (a data URL, only when newer than `id_live_preview`)."""
+        from modules import progress
+        return m.InternalProgressResponse(**progress.progress_payload(req.id_task, req.id_live_preview,
+                                                                      req.live_preview))
 
     async def pending_tasks(self) -> dict[str, Any]:
         return {"size": len(call_queue.pending_tasks), "tasks": list(call_queue.pending_tasks)}

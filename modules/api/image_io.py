@@ -156,35 +156,3 @@ def encode_pil_to_base64(image: Image.Image, fmt: str | None = None) -> str:
     from modules import infotext_utils
     data = infotext_utils.image_to_bytes(image, fmt or shared.opts.samples_format, None)
     return base64.b64encode(data).decode("ascii")
-
-
-# --- live preview (progress routes) ---------------------------------------------------------------
-# Linear latent → RGB factors for SD1 latents ("Approx cheap" live previews).
-_CHEAP_APPROX = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
-
-
-def _preview_from_latent(latent: Any) -> Any:
-    """A small RGB preview of the first latent of a batch (linear approximation, no VAE)."""
-    import torch
-    x = latent[0] if latent.dim() == 4 else latent
-    if x.shape[0] != 4:
-        return None
-    coefs = torch.tensor(_CHEAP_APPROX, dtype=torch.float32)
-    rgb = torch.einsum("lhw,lr->hwr", x.detach().float().cpu(), coefs)
-    rgb = ((rgb + 1.0) / 2.0).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-    return Image.fromarray(rgb)
-
-
-def update_live_preview(state: Any) -> None:
-    """Refresh `state.current_image` from the latest latent every `show_progress_every_n_steps` steps."""
-    opts = shared.opts
-    every = int(opts.show_progress_every_n_steps)
-    if not opts.live_previews_enable or every <= 0 or state.current_latent is None:
-        return
-    if state.current_image is not None and state.sampling_step - state.current_image_sampling_step < every:
-        return
-    image = _preview_from_latent(state.current_latent)
-    if image is not None:
-        state.current_image = image
-        state.current_image_sampling_step = state.sampling_step
-        state.id_live_preview += 1

@@ -217,6 +217,7 @@ class InternalProgressResponse(BaseModel):
     live_preview: Optional[str] = None
     id_live_preview: Optional[int] = None
     textinfo: Optional[str] = None
+    queue_ahead: Optional[int] = Field(None, description="While queued: how many jobs run before this one.")
 
 
 # --- listings --------------------------------------------------------------------------------------

@@ -1,0 +1,94 @@
+"""Browser tests: Serena's page served by a real uvicorn server, driven by Playwright in Debian's
+Chromium (`apt-get install chromium`; `.ci/run` installs it). Without a browser every test here is
+skipped with one plain reason. Screenshots go to `test/.artifacts/browser/` (not committed).
+
+Fixtures:
+- `ui_server`: the session runtime (`serena`) served with the UI at a free loopback port; its URL.
+- `page`: a fresh browser page at that URL, with the page's console errors and uncaught exceptions
+  collected in `page.serena_errors` (a test that expects none asserts it is empty).
+- `shot(page, name)`: save a full-page screenshot as an artifact.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ARTIFACTS = os.path.join(os.path.dirname(HERE), ".artifacts", "browser")
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def chromium_path() -> str | None:
+    """The system Chromium (SERENA_CHROMIUM overrides), or None."""
+    given = os.environ.get("SERENA_CHROMIUM")
+    if given:
+        return given if os.path.exists(given) else None
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        reason = "browser tests skipped: the playwright package is not installed (requirements-test.txt)"
+    if reason is None and chromium_path() is None:
+        reason = "browser tests skipped: no Chromium found (apt-get install chromium, or set SERENA_CHROMIUM)"
+    if reason:
+        for item in items:
+            if item.nodeid.startswith("test/browser/") or "/browser/" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def ui_server(serena):
+    """`webui.create_app()` (API + UI) on the session runtime, served on a free loopback port."""
+    import socket
+
+    import webui
+    from modules.api.app import serve
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = serve(webui.create_app(), "127.0.0.1", port, background=True)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium for one test module. Module-scoped on purpose: while Playwright's sync API is
+    active an asyncio loop runs on the main thread, and later (non-browser) tests that call
+    `asyncio.run` would fail."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, ui_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.serena_errors = []
+    pg.on("console", lambda m: pg.serena_errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.serena_errors.append(str(e)))
+    pg.goto(ui_server + "/", wait_until="load")
+    pg.wait_for_selector("#txt2img_prompt", timeout=60000)
+    yield pg
+    context.close()
+
+
+def shot(page, name: str) -> str:
+    """Save a full-page screenshot of `page` as test/.artifacts/browser/<name>.png."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    path = os.path.join(ARTIFACTS, f"{name}.png")
+    page.screenshot(path=path, full_page=True)
+    return path

@@ -1,0 +1,75 @@
+"""The Extensions tab in a real browser (issue 11): an extension installed from a local git URL
+appears in the Installed table after "Apply and restart UI", and its script is served by the API."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.request
+
+from conftest import shot
+
+EXT_NAME = "serena-browser-probe"
+SCRIPT = '''from modules import scripts
+
+
+class BrowserProbe(scripts.Script):
+    def title(self):
+        return "Browser probe"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return []
+'''
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull}
+
+
+def make_remote(tmp_path) -> str:
+    """A bare repository holding an extension with one control-less AlwaysVisible script."""
+    bare, work = tmp_path / f"{EXT_NAME}.git", tmp_path / "work"
+    run = lambda *a, cwd=None: subprocess.run(["git", *a], cwd=cwd, env=GIT_ENV, check=True, capture_output=True)
+    run("init", "-q", "--bare", "-b", "main", str(bare))
+    run("init", "-q", "-b", "main", str(work))
+    (work / "scripts").mkdir()
+    (work / "scripts" / "browser_probe.py").write_text(SCRIPT)
+    run("add", ".", cwd=work)
+    run("commit", "-q", "-m", "probe", cwd=work)
+    run("push", "-q", str(bare), "main", cwd=work)
+    return bare.as_uri()
+
+
+def test_install_from_url_then_apply_and_restart(page, ui_server, serena, tmp_path):
+    import webui
+    from modules import extensions
+    url = make_remote(tmp_path)
+    target = os.path.join(extensions._user_dir(), EXT_NAME)
+    try:
+        page.get_by_role("tab", name="Extensions", exact=True).click()
+        page.get_by_role("tab", name="Install from URL", exact=True).click()
+        page.locator("#extensions_install_url textarea, #extensions_install_url input").first.fill(url)
+        page.locator("#extensions_install_button").click()
+        page.wait_for_function("document.querySelector('#extension_install_result')?.innerText.includes('Installed into')",
+                               timeout=30000)
+        assert os.path.isdir(os.path.join(target, ".git"))
+
+        page.get_by_role("tab", name="Installed", exact=True).click()
+        with page.expect_navigation(timeout=60000):
+            page.locator("#extensions_apply").click()
+        page.wait_for_selector("#txt2img_prompt", timeout=60000)
+        page.get_by_role("tab", name="Extensions", exact=True).click()
+        row = page.locator("#extensions tr", has_text=EXT_NAME)
+        row.wait_for(timeout=30000)
+        assert row.locator(f'input[name="enable_{EXT_NAME}"]').is_checked()
+        assert url in row.inner_text()
+        shot(page, "extensions-installed")
+        with urllib.request.urlopen(ui_server + "/sdapi/v1/scripts") as response:
+            listed = json.load(response)
+        assert "browser probe" in [x.lower() for x in listed["txt2img"]]
+        assert page.serena_errors == []
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+        webui.load_extensions()  # the session's other tests see the usual scripts again

@@ -1,0 +1,109 @@
+"""The generation tab's top row in a real browser: the token counter follows typing, Ctrl+Enter in
+the prompt generates (the gallery's image and infotext match the controls), and a style created in
+the styles editor is applied to the prompt with 📋."""
+from __future__ import annotations
+
+import os
+
+from conftest import shot
+
+from modules import infotext_utils, shared
+
+
+def set_number(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def counter_text(page, elem_id: str = "txt2img_token_counter") -> str:
+    return page.locator(f"#{elem_id}").inner_text().strip()
+
+
+def test_counter_updates_and_ctrl_enter_generates(page):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a photo of a cat")
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'",
+                           timeout=15000)
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry BREAK ugly")
+    page.wait_for_function(
+        "document.querySelector('#txt2img_negative_token_counter').innerText.trim() === '76/150'", timeout=15000)
+    for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "2")):
+        set_number(page, elem_id, value)
+    set_number(page, "txt2img_seed", "1234")
+    prompt.click()
+    prompt.press("Control+Enter")
+    page.wait_for_function("document.querySelectorAll('#txt2img_gallery img').length > 0", timeout=120000)
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Steps: 2')",
+                           timeout=30000)
+    shot(page, "toprow-ctrl-enter")
+    params = infotext_utils.parse_generation_parameters(page.locator("#txt2img_infotext textarea").input_value())
+    assert params["Prompt"] == "a photo of a cat"
+    assert params["Negative prompt"] == "blurry BREAK ugly"
+    assert (params["Size-1"], params["Size-2"], params["Steps"], params["Seed"]) == ("64", "64", "2", "1234")
+    assert page.serena_errors == []
+
+
+def test_style_created_in_the_editor_is_applied(page):
+    name = "toprow neon"
+    try:
+        page.locator("#txt2img_styles_edit_button").click()
+        select = page.locator("#txt2img_styles_edit_select input").first
+        select.fill(name)
+        select.press("Enter")
+        page.locator("#txt2img_edit_style_prompt textarea").fill("{prompt}, neon lights")
+        page.locator("#txt2img_edit_style_neg_prompt textarea").fill("dull")
+        page.locator("#txt2img_edit_style_save").click()
+        page.wait_for_function(f"document.querySelector('#txt2img_edit_style_delete') !== null"
+                               f" && document.querySelector('#txt2img_edit_style_delete').offsetParent !== null",
+                               timeout=15000)
+        saved = open(shared.prompt_styles.default_path, encoding="utf-8-sig").read()
+        assert name in saved and "{prompt}, neon lights" in saved
+        page.locator("#txt2img_edit_style_close").click()
+
+        page.locator("#txt2img_prompt textarea").fill("a red cube")
+        page.locator("#txt2img_neg_prompt textarea").fill("")
+        page.locator("#txt2img_styles input").first.click()
+        page.get_by_role("option", name=name).first.click()
+        page.keyboard.press("Escape")
+        page.locator("#txt2img_style_apply").click()
+        page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value"
+                               " === 'a red cube, neon lights'", timeout=15000)
+        assert page.locator("#txt2img_neg_prompt textarea").input_value() == "dull"
+        shot(page, "toprow-style-applied")
+        assert page.serena_errors == []
+    finally:
+        shared.prompt_styles.remove_style(name)
+        if os.path.isfile(shared.prompt_styles.default_path) or shared.prompt_styles.loaded_files:
+            shared.prompt_styles.save_styles()
+
+
+def test_generate_forever_repeats_until_cancelled(page, monkeypatch):
+    from modules.runtime.runner import ProcessingRunner
+    runs = []
+    original = ProcessingRunner.run
+
+    def counting(self, request):
+        runs.append(request.processing.steps)
+        return original(self, request)
+
+    monkeypatch.setattr(ProcessingRunner, "run", counting)
+    page.locator("#txt2img_prompt textarea").fill("a blue cube")
+    for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "1")):
+        set_number(page, elem_id, value)
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_text("Generate forever", exact=True).click()
+    page.wait_for_function("() => window.serenaGenerateForever.running('txt2img')", timeout=5000)
+    deadline_s = 60
+    import time
+    start = time.time()
+    while len(runs) < 2 and time.time() - start < deadline_s:
+        page.wait_for_timeout(250)
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_text("Cancel generate forever", exact=True).click()
+    assert len(runs) >= 2
+    page.wait_for_timeout(2000)  # a job started just before cancelling may still finish
+    settled = len(runs)
+    page.wait_for_timeout(2000)
+    assert len(runs) == settled  # no new jobs after cancelling
+    assert page.serena_errors == []
