@@ -86,7 +86,11 @@
             run(callbacks.tabChange);
         }
     });
-    document.addEventListener("DOMContentLoaded", () => {
-        observer.observe(gradioApp(), {childList: true, subtree: true});
-    });
+    // Gradio puts the page's <head> scripts in after the document has loaded: start at once then.
+    const observe = () => observer.observe(gradioApp(), {childList: true, subtree: true});
+    if (document.readyState === "loading") {
+        document.addEventListener("DOMContentLoaded", observe);
+    } else {
+        observe();
+    }
 })();

@@ -137,6 +137,9 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "save_init_img": O(False, "Save init images when using img2img"),
             "temp_dir": O("", "Directory for temporary images; leave empty for default"),
             "clean_temp_dir_at_start": O(False, "Cleanup non-default temporary directory when starting webui"),
+            "notification_audio": O(True, "Play notification sound after image generation").info(
+                "notification.mp3 should be present in the root directory").needs_reload_ui(),
+            "notification_volume": O(100, "Notification sound volume", minimum=0, maximum=100),
         },
         "saving-paths": {
             "outdir_samples": O("", "Output directory for images; if empty, defaults to three directories below"),
@@ -205,6 +208,8 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "return_mask": O(False, "For inpainting, include the greyscale mask in results for web"),
             "return_mask_composite": O(False, "For inpainting, include masked composite in results for web"),
             "img2img_batch_show_results_limit": O(32, "Show the first N batch img2img results in UI"),
+            "img2img_editor_height": O(720, "Height of the image editor", minimum=80, maximum=1600).info(
+                "in pixels").needs_reload_ui(),
             "overlay_inpaint": O(True, "Overlay original for inpaint"),
         },
         "optimizations": {

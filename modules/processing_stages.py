@@ -121,8 +121,9 @@ def begin_batch(p: StableDiffusionProcessing, n: int) -> bool:
         state.skipped = False
     if state.interrupted or state.stopping_generation:
         return False
-    state.job = f"Batch {n + 1} out of {p.n_iter}"
-    state.textinfo = state.job
+    if p.n_iter > 1:  # as A1111: a single batch leaves the caller's job text (img2img batch: "i out of N")
+        state.job = f"Batch {n + 1} out of {p.n_iter}"
+        state.textinfo = state.job
     start, end = n * p.batch_size, (n + 1) * p.batch_size
     p.prompts, p.negative_prompts = p.all_prompts[start:end], p.all_negative_prompts[start:end]
     p.seeds, p.subseeds = p.all_seeds[start:end], p.all_subseeds[start:end]

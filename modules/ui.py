@@ -20,7 +20,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from modules import errors, shared, ui_extra_networks, ui_handlers as h, ui_progress, ui_toprow  # noqa: E402
+from modules import (  # noqa: E402
+    errors, shared, ui_extra_networks, ui_handlers as h, ui_img2img, ui_progress, ui_results, ui_toprow)
 # Names extensions import from `modules.ui` (A1111 defines or re-exports them there).
 from modules.call_queue import wrap_gradio_call, wrap_gradio_gpu_call, wrap_queued_call  # noqa: E402,F401
 from modules.ui_common import (  # noqa: E402,F401
@@ -71,6 +72,15 @@ class GenerationTab:
     """Where each script's values sit in `script_inputs`, as built (see ui_handlers.script_layout)."""
     script_paste_fields: list = field(default_factory=list)
     """The scripts' `infotext_fields`: (control, infotext key or function of the parsed infotext)."""
+    results: Any = None
+    """The buttons and boxes under the gallery (`modules.ui_results.ResultsPanel`)."""
+    mode_tabs: Any = None
+    """img2img: the input sub-tabs (img2img, Sketch, Inpaint, …)."""
+    mode_tab_items: list = field(default_factory=list)
+    image_targets: dict = field(default_factory=dict)
+    """img2img: where "Send to img2img / inpaint" put an image: name → (component, sub-tab mode)."""
+    inpaint_controls: Any = None
+    """img2img: the inpaint options (shown on the inpaint sub-tabs)."""
 
 
 # --- choices (read when the page is built) -------------------------------------------------------------
@@ -105,18 +115,29 @@ def _sampling_fields(tab: GenerationTab) -> None:
         tab.fields["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab.kind}_steps")
 
 
-def _size_and_batch_fields(tab: GenerationTab) -> None:
+def _size_fields(tab: GenerationTab) -> gr.Button | None:
+    """Width and height with ⇅ (swap); img2img also gets 📐 (detect the input image's size),
+    which is returned for its handler to be wired."""
+    detect = None
     with gr.Row():
         with gr.Column(scale=3):
             tab.fields["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab.kind}_width")
             tab.fields["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab.kind}_height")
-        swap = gr.Button(switch_values_symbol, elem_classes="serena-tool", elem_id=f"{tab.kind}_res_switch_btn",
-                         scale=0, min_width=40)
-        with gr.Column(scale=2):
-            tab.fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab.kind}_batch_count")
-            tab.fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab.kind}_batch_size")
+        with gr.Column(scale=0, min_width=48):
+            swap = gr.Button(switch_values_symbol, elem_classes="serena-tool", elem_id=f"{tab.kind}_res_switch_btn",
+                             scale=0, min_width=40)
+            if tab.kind == "img2img":
+                detect = gr.Button(detect_image_size_symbol, elem_classes="serena-tool", scale=0, min_width=40,
+                                   elem_id="img2img_detect_image_size_btn")
     swap.click(lambda w, hgt: (hgt, w), inputs=[tab.fields["width"], tab.fields["height"]],
                outputs=[tab.fields["width"], tab.fields["height"]], queue=False, show_progress="hidden")
+    return detect
+
+
+def _batch_and_cfg_fields(tab: GenerationTab) -> None:
+    with gr.Row():
+        tab.fields["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab.kind}_batch_count")
+        tab.fields["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab.kind}_batch_size")
     tab.fields["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab.kind}_cfg_scale")
 
 
@@ -194,35 +215,15 @@ def _refiner_fields(tab: GenerationTab) -> None:
                                                         elem_id=f"{tab.kind}_refiner_switch_at")
 
 
-def _img2img_inputs(tab: GenerationTab) -> None:
-    """Init image, resize mode, denoising, and the inpaint accordion (mask upload and its options)."""
-    tab.fields["init_image"] = gr.Image(type="pil", image_mode="RGB", label="Image for img2img",
-                                        sources=["upload", "clipboard"], height=360, elem_id="img2img_image")
-    with gr.Accordion("Inpaint (optional mask)", open=False, elem_id="img2img_inpaint"):
-        tab.fields["mask"] = gr.Image(type="pil", image_mode="L", label="Mask (white = area to repaint)",
-                                      sources=["upload", "clipboard"], height=240, elem_id="img2img_mask")
-        tab.fields["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id="img2img_mask_blur")
-        tab.fields["inpainting_mask_invert"] = gr.Radio(list(h.MASK_MODES), value=h.MASK_MODES[0], type="index",
-                                                        label="Mask mode", elem_id="img2img_mask_mode")
-        tab.fields["inpainting_fill"] = gr.Radio(list(h.MASKED_CONTENT), value="original", type="index",
-                                                 label="Masked content", elem_id="img2img_inpainting_fill")
-        with gr.Row():
-            tab.fields["inpaint_full_res"] = gr.Radio(list(h.INPAINT_AREAS), value=h.INPAINT_AREAS[0], type="index",
-                                                      label="Inpaint area", elem_id="img2img_inpaint_full_res")
-            tab.fields["inpaint_full_res_padding"] = gr.Slider(0, 256, value=32, step=4,
-                                                               label="Only masked padding, pixels",
-                                                               elem_id="img2img_inpaint_full_res_padding")
-    tab.fields["resize_mode"] = gr.Radio(list(h.RESIZE_MODES), value=h.RESIZE_MODES[0], type="index",
-                                         label="Resize mode", elem_id="img2img_resize_mode")
-
-
 def _output_panel(tab: GenerationTab) -> None:
     tab.progress = gr.HTML("", elem_id=f"{tab.kind}_progress", js_on_load=None)
     tab.gallery = gr.Gallery(label="Output", format="png", columns=2, height=520, object_fit="contain",
                              interactive=False, elem_id=f"{tab.kind}_gallery")
+    tab.results = ui_results.create_buttons(tab.kind)
     tab.infotext = gr.Textbox(label="Generation info", lines=4, interactive=False, buttons=["copy"],
                               elem_id=f"{tab.kind}_infotext")
     tab.status = gr.HTML("", elem_id=f"{tab.kind}_status", js_on_load=None)
+    ui_results.create_log(tab.results)
 
 
 # --- wiring -------------------------------------------------------------------------------------------------
@@ -270,7 +271,8 @@ def txt2img_tab() -> GenerationTab:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             _sampling_fields(tab)
-            _size_and_batch_fields(tab)
+            _size_fields(tab)
+            _batch_and_cfg_fields(tab)
             seed_buttons = _seed_row(tab)
             _hires_fields(tab)
             _refiner_fields(tab)
@@ -289,16 +291,21 @@ def img2img_tab() -> GenerationTab:
     tab.extra_networks = ui_extra_networks.create_ui(tab)  # 🎴 panel: cards add their tags to the prompt
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            _img2img_inputs(tab)
+            ui_img2img.create_input_tabs(tab)
+            tab.fields["resize_mode"] = gr.Radio(list(h.RESIZE_MODES), value=h.RESIZE_MODES[0], type="index",
+                                                 label="Resize mode", elem_id="resize_mode")
             _sampling_fields(tab)
-            _size_and_batch_fields(tab)
+            ui_img2img.create_size_section(tab, _size_fields)
+            _batch_and_cfg_fields(tab)
             tab.fields["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                          elem_id="img2img_denoising_strength")
             seed_buttons = _seed_row(tab)
             _refiner_fields(tab)
+            tab.inpaint_controls = ui_img2img.create_inpaint_controls(tab)
             _scripts_section(tab)
         with gr.Column(scale=1):
             _output_panel(tab)
+    ui_img2img.wire_modes(tab, tab.inpaint_controls)
     ui_progress.wire_generation(tab, functools.partial(h.img2img, layout=tab.script_layout), h.IMG2IMG_FIELDS)
     ui_toprow.wire_toprow(tab, h.IMG2IMG_FIELDS)
     _wire_seed(tab, *seed_buttons)
@@ -333,7 +340,7 @@ def create_ui() -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"), _current_scripts("img2img"):
                 img2img = img2img_tab()
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                ui_postprocessing.create_extras_tab()
+                extras = ui_postprocessing.create_extras_tab()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 ui_pnginfo.create_png_info_tab(tabs, [txt2img, img2img])
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
@@ -345,6 +352,11 @@ def create_ui() -> gr.Blocks:
                 ui_extensions.create_extensions_tab()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 ui_settings.create_settings_tab()
+        send_targets = {"img2img": ui_results.generation_target(img2img, "img2img"),
+                        "inpaint": ui_results.generation_target(img2img, "inpaint"),
+                        "extras": ui_results.extras_target(extras)}
+        for tab in (txt2img, img2img):
+            ui_results.wire(tab, tabs, send_targets)
         blocks.load(h.checkpoint_dropdown, outputs=checkpoint, queue=False, show_progress="hidden")
         if merger is not None:  # a merged checkpoint appears in the checkpoint list at once
             merger.result.change(h.checkpoint_dropdown, outputs=checkpoint, show_progress="hidden")

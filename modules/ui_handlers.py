@@ -22,7 +22,7 @@ import gradio as gr
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from modules import call_queue, errors, shared
+from modules import call_queue, errors, img2img_inputs, shared
 from modules.api import models
 
 log = logging.getLogger("serena.ui")
@@ -38,8 +38,8 @@ TXT2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
     "enable_hr", "hr_upscaler", "hr_scale", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
     "denoising_strength", "hr_checkpoint_name", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt",
 )
-IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + (
-    "init_image", "mask", "resize_mode", "denoising_strength", "mask_blur", "inpainting_mask_invert",
+IMG2IMG_FIELDS: tuple[str, ...] = COMMON_FIELDS + img2img_inputs.INPUT_FIELDS + (
+    "resize_mode", "denoising_strength", "mask_blur", "inpainting_mask_invert",
     "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
 )
 FIELD_DEFAULTS: dict[str, Any] = {
@@ -47,6 +47,7 @@ FIELD_DEFAULTS: dict[str, Any] = {
     "enable_refiner": False, "refiner_checkpoint": None, "refiner_switch_at": 0.8,
     "hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
     "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative_prompt": "",
+    **img2img_inputs.INPUT_DEFAULTS,
 }
 """What the optional controls hold when the page has not changed them (the request then equals one
 made without them)."""
@@ -67,9 +68,11 @@ class GenerationOutput:
     infotext: str
     infotexts: list[str]
     status_html: str
+    generation_info: str = ""
+    """The job's `Processed.js()` JSON (what the save buttons and send-to read)."""
 
-    def as_tuple(self) -> tuple[list[Image.Image], str, list[str], str]:
-        return self.images, self.infotext, self.infotexts, self.status_html
+    def as_tuple(self) -> tuple[list[Image.Image], str, list[str], str, str]:
+        return self.images, self.infotext, self.infotexts, self.status_html, self.generation_info
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -155,17 +158,27 @@ def txt2img_request(values: Mapping[str, Any], task_id: str | None = None) -> mo
 
 
 def img2img_request(values: Mapping[str, Any], task_id: str | None = None) -> models.StableDiffusionImg2ImgProcessingAPI:
-    """The API request the img2img tab's values describe; a mask makes it an inpainting job.
+    """The API request the img2img tab's values describe: the chosen sub-tab's image and mask
+    (`img2img_inputs.resolve`), the size from "Resize to" or the image's own size × "Resize by".
+    For the Batch sub-tab the request has no image (each folder image is added by the batch).
 
     Raises:
-        gr.Error: no init image.
+        gr.Error: the chosen sub-tab holds no image.
     """
-    init_image = values.get("init_image")
-    if init_image is None:
-        raise user_error("img2img needs an init image: upload one first")
+    values = {**FIELD_DEFAULTS, **values}
     fields = _common_fields(values, task_id)
-    mask = values.get("mask")
-    fields.update(init_images=[encode_png(init_image)], mask=encode_png(mask) if mask is not None else None,
+    mode = int(values.get("img2img_mode") or 0)
+    image = mask = None
+    if mode != img2img_inputs.BATCH:
+        try:
+            resolved = img2img_inputs.resolve(values, str(shared.opts.img2img_background_color or "#ffffff"))
+        except img2img_inputs.MissingInput as e:
+            raise user_error(str(e)) from e
+        image, mask = resolved.image, resolved.mask
+        if int(values.get("selected_scale_tab") or 0) == 1:
+            fields["width"], fields["height"] = img2img_inputs.scaled_size(image.size, float(values["scale_by"]))
+    fields.update(init_images=[encode_png(image)] if image is not None else None,
+                  mask=encode_png(mask) if mask is not None else None,
                   resize_mode=int(values.get("resize_mode") or 0),
                   denoising_strength=float(values["denoising_strength"]),
                   mask_blur=int(values.get("mask_blur") or 0),
@@ -174,6 +187,20 @@ def img2img_request(values: Mapping[str, Any], task_id: str | None = None) -> mo
                   inpaint_full_res=bool(values.get("inpaint_full_res")),
                   inpaint_full_res_padding=int(values.get("inpaint_full_res_padding") or 0))
     return _validated(models.StableDiffusionImg2ImgProcessingAPI, fields)
+
+
+def batch_spec(values: Mapping[str, Any]) -> Any:
+    """The Batch sub-tab's folders and PNG-info choices (`img2img_batch.BatchSpec`; the batch
+    refuses folders with --hide-ui-dir-config or outside the data folder)."""
+    from modules import img2img_batch
+    values = {**FIELD_DEFAULTS, **values}
+    return img2img_batch.BatchSpec(
+        input_dir=str(values["img2img_batch_input_dir"] or ""), output_dir=str(values["img2img_batch_output_dir"] or ""),
+        inpaint_mask_dir=str(values["img2img_batch_inpaint_mask_dir"] or ""),
+        use_png_info=bool(values["img2img_batch_use_png_info"]),
+        png_info_props=tuple(values["img2img_batch_png_info_props"] or ()),
+        png_info_dir=str(values["img2img_batch_png_info_dir"] or ""),
+        scale_by=float(values["scale_by"]) if int(values.get("selected_scale_tab") or 0) == 1 else None)
 
 
 # --- running -------------------------------------------------------------------------------------------
@@ -194,7 +221,8 @@ def present(processed: Any, seconds: float) -> GenerationOutput:
     status = f"<p class='serena-status'>{len(images) - first} image(s) in {seconds:.1f} s</p>"
     if getattr(processed, "comments", ""):
         status += f"<p class='serena-comments'>{html.escape(processed.comments)}</p>"
-    return GenerationOutput(images, shown, infotexts, status)
+    info = processed.js() if callable(getattr(processed, "js", None)) else ""
+    return GenerationOutput(images, shown, infotexts, status, info)
 
 
 def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
@@ -263,11 +291,15 @@ def generate_img2img(values: Mapping[str, Any], task_id: str | None = None, scri
     from modules.api import generation
     request = img2img_request(values, task_id)
     request = request.model_copy(update=script_fields(True, script_values, layout))
+    if int(values.get("img2img_mode") or 0) == img2img_inputs.BATCH:
+        from modules import img2img_batch
+        spec = batch_spec(values)
+        return _run(lambda req: img2img_batch.run_img2img_batch(req, spec, ui=True), request)
     return _run(functools.partial(generation.run_img2img, ui=True), request)
 
 
 def txt2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | None = None
-            ) -> tuple[list[Image.Image], str, list[str], str]:
+            ) -> tuple[list[Image.Image], str, list[str], str, str]:
     """Gradio entry point: values in `TXT2IMG_FIELDS` order, then the scripts' flat argument values."""
     n = len(TXT2IMG_FIELDS)
     return generate_txt2img(dict(zip(TXT2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:],
@@ -275,7 +307,7 @@ def txt2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | No
 
 
 def img2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | None = None
-            ) -> tuple[list[Image.Image], str, list[str], str]:
+            ) -> tuple[list[Image.Image], str, list[str], str, str]:
     """Gradio entry point: values in `IMG2IMG_FIELDS` order, then the scripts' flat argument values."""
     n = len(IMG2IMG_FIELDS)
     return generate_img2img(dict(zip(IMG2IMG_FIELDS, values[:n], strict=True)), task_id, values[n:],

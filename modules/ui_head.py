@@ -24,7 +24,9 @@ log = logging.getLogger("serena.ui")
 ASSET_ROUTE = "/serena-asset"
 FIRST_SCRIPT = "ui.js"
 """Serena's `javascript/ui.js` (gradioApp, onUiLoaded, opts …) loads before every other script."""
-MEDIA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".json": "application/json"}
+MEDIA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css", ".json": "application/json",
+               ".mp3": "audio/mpeg"}
+NOTIFICATION = "notification.mp3"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class HeadFile:
     """One file the page loads: its path on disk and the kind of tag that loads it."""
 
     path: str
-    kind: str  # "script", "module" or "style"
+    kind: str  # "script", "module", "style" or "audio" (the notification sound)
 
 
 def _sorted_files(folder: str, *patterns: str) -> list[str]:
@@ -81,7 +83,22 @@ def head_files(root: str | None = None, extension_dirs: Iterable[str] | None = N
         if user_css and os.path.isfile(user_css):
             files.append(HeadFile(user_css, "style"))
             break
+    sound = notification_file(root, data_path)
+    if sound:
+        files.append(HeadFile(sound, "audio"))
     return files
+
+
+def notification_file(root: str, data_path: str | None) -> str | None:
+    """`notification.mp3` of the data folder (else of the install) while the option
+    `notification_audio` is on: the page plays it when a job's images arrive (A1111)."""
+    if not _opt("notification_audio", True):
+        return None
+    for folder in dict.fromkeys([data_path, root]):
+        path = os.path.join(folder, NOTIFICATION) if folder else ""
+        if path and os.path.isfile(path):
+            return path
+    return None
 
 
 def _data_path() -> str | None:
@@ -140,7 +157,10 @@ def asset_url(index: int, file: HeadFile) -> str:
 
 
 def inline_tag(file: HeadFile) -> str:
-    """The file's content inside its tag (used while no app serves the asset route)."""
+    """The file's content inside its tag (used while no app serves the asset route; the sound
+    needs the route)."""
+    if file.kind == "audio":
+        return ""
     try:
         with open(file.path, encoding="utf8") as f:
             text = f.read()
@@ -154,6 +174,8 @@ def inline_tag(file: HeadFile) -> str:
 
 
 def tag_for(index: int, file: HeadFile) -> str:
+    if file.kind == "audio":  # javascript/notification.js plays it
+        return f"<script type=\"text/javascript\">window.serena_notification_url = {_script_json(asset_url(index, file))};</script>"
     url = html.escape(asset_url(index, file), quote=True)
     if file.kind == "style":
         return f'<link rel="stylesheet" property="stylesheet" href="{url}">'

@@ -18,15 +18,13 @@ import gradio as gr
 from PIL import Image
 
 from modules import errors, shared
+from modules.folder_access import IMAGE_EXTENSIONS, _allow_outside, confined_folder, directory_images  # noqa: F401
 from modules.ui_common import plaintext_to_html
 
 log = logging.getLogger("serena.ui.extras")
 
 MODES = ("Single Image", "Batch Process", "Batch from Directory")
 """The sub-tabs, by index: the handler's `mode` argument (A1111's ``extras_mode``)."""
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
-
 
 @dataclass
 class ExtrasTab:
@@ -50,47 +48,10 @@ built: ExtrasTab | None = None
 
 
 # --- folders ------------------------------------------------------------------------------------------
-def _allow_outside() -> bool:
-    return bool(getattr(shared.cmd_opts, "allow_outside_data_dir", False))
-
-
-def confined_folder(path: str, label: str) -> str:
-    """``path`` (relative: under the data folder) as an absolute path.
-
-    Raises:
-        errors.InvalidParameter: the folder lies outside the data folder and the server was not
-            started with ``--allow-outside-data-dir``.
-    """
-    base = os.path.abspath(shared.data_paths.data_path)
-    target = os.path.abspath(path if os.path.isabs(path) else os.path.join(base, path))
-    if not _allow_outside() and os.path.commonpath([base, target]) != base:
-        raise errors.InvalidParameter(
-            f"{label} {path!r} is outside the data folder (start the server with --allow-outside-data-dir "
-            "to allow other folders)", field=label)
-    return target
-
-
 def default_output_folder() -> str:
     """Where Extras saves: option ``outdir_samples`` when set, else ``outdir_extras_samples``."""
     folder = shared.opts.outdir_samples or shared.opts.outdir_extras_samples
     return folder if os.path.isabs(folder) else os.path.join(shared.data_paths.data_path, folder)
-
-
-def directory_images(input_dir: str) -> list[str]:
-    """The image files directly inside ``input_dir`` (confined), sorted by name.
-
-    Raises:
-        errors.InvalidParameter: empty name, outside the data folder, not a folder, or no images.
-    """
-    if not (input_dir or "").strip():
-        raise errors.InvalidParameter("Batch from Directory: enter an input directory", field="input_dir")
-    folder = confined_folder(input_dir.strip(), "input directory")
-    if not os.path.isdir(folder):
-        raise errors.InvalidParameter(f"input directory {input_dir!r} does not exist", field="input_dir")
-    found = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not found:
-        raise errors.InvalidParameter(f"input directory {input_dir!r} holds no images", field="input_dir")
-    return found
 
 
 # --- the operation ------------------------------------------------------------------------------------------
@@ -231,7 +192,7 @@ def create_extras_tab() -> ExtrasTab:
         with gr.Column(variant="compact"):
             with gr.Tabs(elem_id="mode_extras"):
                 with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
-                    tab.image = gr.Image(label="Source", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                    tab.image = gr.Image(label="Source", type="pil", image_mode="RGBA", format="png", sources=["upload", "clipboard"],
                                          height=360, elem_id="extras_image")
                 with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as batch:
                     tab.image_batch = gr.Files(label="Batch Process", file_count="multiple", type="filepath",

@@ -160,7 +160,7 @@ def wire_generation(tab: "GenerationTab", handler: Callable[..., Any], field_ord
     infotexts = gr.State([])
     timer = gr.Timer(PROGRESS_INTERVAL_S, active=False)
     inputs = [task_id, *(tab.fields[name] for name in field_order), *tab.script_inputs]
-    outputs = [tab.gallery, tab.infotext, infotexts, tab.status]
+    outputs = [tab.gallery, tab.infotext, infotexts, tab.status, tab.results.generation_info]
 
     def begin(page_id: str | None) -> tuple[str, gr.Timer, str]:
         chosen = page_id if valid_task_id(page_id, kind) else call_queue.create_task_id(kind)
@@ -182,6 +182,7 @@ def wire_generation(tab: "GenerationTab", handler: Callable[..., Any], field_ord
     from modules.ui_handlers import select_infotext
     tab.gallery.select(select_infotext, inputs=infotexts, outputs=tab.infotext, queue=False,
                        show_progress="hidden")
+    tab.results.infotexts = infotexts
     _wire_restore(kind, sent_id, task_id, timer, tab, outputs)
 
 

@@ -9,6 +9,7 @@ import io
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -86,7 +87,7 @@ def test_create_ui_defaults_follow_a1111(serena):
 # --- generation -----------------------------------------------------------------------------------------
 def test_txt2img_handler_returns_png_images_with_infotext(serena):
     values = txt2img_values()
-    images, infotext, infotexts, status = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS))
+    images, infotext, infotexts, status, _info = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS))
     assert len(images) == 1 and images[0].size == (64, 64)
     assert infotext.startswith("a red apple\n") and "Steps: 2" in infotext and "Seed: 1234" in infotext
     assert infotexts == [infotext]
@@ -104,11 +105,26 @@ def test_txt2img_batch_shows_first_real_image_infotext(serena):
 
 
 def test_img2img_handler_inpaints_with_mask(serena):
+    """The Inpaint upload sub-tab: base image + mask; only the masked square is repainted."""
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (16, 16, 48, 48))
-    out = h.generate_img2img(img2img_values(mask=mask))
+    base = Image.new("RGB", (64, 64), (30, 160, 90))
+    out = h.generate_img2img(img2img_values(img2img_mode=4, init_image=None, init_img_inpaint=base,
+                                            init_mask_inpaint=mask, mask_blur=0))
     assert len(out.images) == 1 and out.images[0].size == (64, 64)
-    assert "Denoising strength: 0.75" in out.infotext and "Mask blur: 4" in out.infotext
+    assert "Denoising strength: 0.75" in out.infotext
+    result = np.asarray(out.images[0]).astype(int)
+    outside = np.ones((64, 64), bool)
+    outside[16:48, 16:48] = False
+    assert (result[outside] == (30, 160, 90)).all()  # untouched outside the mask
+    assert np.abs(result[20:44, 20:44] - (30, 160, 90)).max() > 0  # repainted inside
+
+
+def test_img2img_resize_by_scales_the_image_size(serena):
+    req = h.img2img_request(img2img_values(init_image=Image.new("RGB", (40, 24)), selected_scale_tab=1, scale_by=2.0))
+    assert (req.width, req.height) == (80, 48)
+    with pytest.raises(gr.Error, match="Inpaint upload: upload the mask"):
+        h.img2img_request(img2img_values(img2img_mode=4, init_img_inpaint=Image.new("RGB", (8, 8))))
 
 
 def test_domain_error_becomes_gr_error(serena):
@@ -255,7 +271,7 @@ def test_xyz_plot_from_the_ui_shows_the_grids_infotext(serena):
     script_values[xyz.args_from:xyz.args_to] = [4, "1,2", [], 0, "", [], 0, "", [], True, False, False, False,
                                                 False, False, False, 0, False]
     values = txt2img_values()
-    images, infotext, infotexts, status = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS),
+    images, infotext, infotexts, status, _info = h.txt2img(None, *(values[name] for name in h.TXT2IMG_FIELDS),
                                                     *script_values)
     assert len(images) == 1 and images[0].size[0] > 64  # the grid of two 64x64 cells
     assert "X Type: Steps" in infotext and infotexts == [infotext]

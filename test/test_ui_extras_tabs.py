@@ -177,11 +177,15 @@ def test_merger_mistakes_are_short_messages(merge_env):
 
 # --- PNG Info: "Send to …" carries the image ---------------------------------------------------------------
 def test_png_info_send_to_buttons_carry_the_image(serena):
-    from modules import ui, ui_pnginfo
+    from modules import ui, ui_results
     image = checker()
     infotext = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 7, Size: 64x64"
-    values = ui_pnginfo.paste_values(infotext, image, ["prompt", "steps"], [], True, "img2img")
-    assert values[:2] == ["a cat", 3] and values[2] is image
+    target = ui_results.SendTarget("img2img", "img2img", {"prompt": None, "steps": None, "seed": None},
+                                   image=object())
+    values = ui_results.send_values(target, infotext, image)
+    assert values[:3] == ["a cat", 3, 7] and values[3] is image
+    values = ui_results.send_values(target, infotext, image, keep_seed=False)  # option send_seed off
+    assert values[2] == gr.update()
     blocks = ui.create_ui()
     config = blocks.get_config_file()
     by_elem = {c.get("props", {}).get("elem_id"): c["id"] for c in config["components"]}
@@ -191,7 +195,8 @@ def test_png_info_send_to_buttons_carry_the_image(serena):
             if event == "click":
                 outputs_of.setdefault(target, set()).update(dep["outputs"])
     assert by_elem["img2img_image"] in outputs_of[by_elem["img2img_tab"]]
-    assert by_elem["img2img_image"] in outputs_of[by_elem["inpaint_tab"]]
+    assert by_elem["img2maskimg"] in outputs_of[by_elem["inpaint_tab"]]  # the Inpaint sub-tab's editor
+    assert by_elem["mode_img2img"] in outputs_of[by_elem["inpaint_tab"]]
     assert by_elem["extras_image"] in outputs_of[by_elem["extras_tab"]]
     assert by_elem["img2img_image"] not in outputs_of[by_elem["txt2img_tab"]]
     assert by_elem["tabs"] in outputs_of[by_elem["extras_tab"]]

@@ -4,6 +4,7 @@ that a reloaded page finds its job again (demo checkpoint, 64×64, few steps).""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -164,8 +165,9 @@ def test_results_are_kept_and_restored_for_a_reloaded_page(serena):
         restored = progress.restore_progress(task_id, timeout_s=60)  # waits for the job, as the page does
     finally:
         worker.join(60)
-    images, infotext, infotexts, _status = restored
+    images, infotext, infotexts, _status, generation_info = restored
     assert len(images) == 1 and images[0].size == (64, 64)
+    assert json.loads(generation_info)["infotexts"] == [infotext]  # what the save buttons read
     assert "Steps: 3" in infotext and infotexts == [infotext]
     assert ui_progress.restore_begin(task_id, "txt2img") == (task_id, False)  # finished: results only
     assert ui_progress.restore_begin(task_id, "img2img") == (None, False)

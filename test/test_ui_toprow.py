@@ -192,6 +192,21 @@ def test_route_is_behind_the_api_credentials(install, tmp_path):
     assert client.get("/serena-asset/2/ext.js", headers=auth).status_code == 200
 
 
+def test_notification_sound_is_listed_served_and_follows_its_option(install, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+    root, ext = install
+    (tmp_path / "notification.mp3").write_bytes(b"ID3 sound")
+    monkeypatch.setattr(ui_head, "_routes_added", True)
+    files = ui_head.head_files(str(root), [], data_path=str(tmp_path))
+    assert (os.path.basename(files[-1].path), files[-1].kind) == ("notification.mp3", "audio")
+    page = ui_head.head_html(files, translations={}, options={})
+    assert f'window.serena_notification_url = "/serena-asset/{len(files) - 1}/notification.mp3?' in page
+    response = TestClient(_app()).get(f"/serena-asset/{len(files) - 1}/notification.mp3")
+    assert response.status_code == 200 and response.headers["content-type"] == "audio/mpeg"
+    monkeypatch.setitem(shared.opts.data, "notification_audio", False)  # the option turns it off
+    assert all(f.kind != "audio" for f in ui_head.head_files(str(root), [], data_path=str(tmp_path)))
+
+
 # --- ↙ paste -----------------------------------------------------------------------------------------
 INFOTEXT = ("a red cube, studio light\nNegative prompt: blurry\n"
             "Steps: 7, Sampler: Euler a, Schedule type: Automatic, CFG scale: 5.5, Seed: 4321, Size: 96x64")

@@ -240,7 +240,7 @@ def test_ui_handler_passes_the_script_controls(installed):
               "cfg_scale": 7.0, "seed": 7, "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 2.0,
               "hr_second_pass_steps": 0, "hr_resize_x": 0, "hr_resize_y": 0, "denoising_strength": 0.7,
               **ui_handlers.FIELD_DEFAULTS}
-    images, infotext, _, _ = ui_handlers.txt2img(None, *(values[k] for k in ui_handlers.TXT2IMG_FIELDS),
+    images, infotext, *_ = ui_handlers.txt2img(None, *(values[k] for k in ui_handlers.TXT2IMG_FIELDS),
                                                  *script_values)
     assert "Serena test note: from the ui" in infotext
     assert len(images) == 1

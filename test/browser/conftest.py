@@ -52,7 +52,12 @@ def ui_server(serena):
     import socket
 
     import webui
+    from modules import shared
     from modules.api.app import serve
+    # A notification sound in the data folder: the page then plays it after each job (its bytes are
+    # not real MP3; the page counts the plays in window.serena_notification_played).
+    with open(os.path.join(shared.data_paths.data_path, "notification.mp3"), "wb") as f:
+        f.write(b"ID3 serena test sound")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -84,6 +89,55 @@ def page(browser, ui_server):
     pg.wait_for_selector("#txt2img_prompt", timeout=60000)
     yield pg
     context.close()
+
+
+def set_number(page, elem_id: str, value: str) -> None:
+    """Type `value` into the number box of the slider/number with `elem_id` and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def fill_kept(locator, text: str, tries: int = 20) -> None:
+    """Fill `locator` with `text` and make sure it stays: an event still in flight (a dropdown's
+    change handler that rewrites this box) may overwrite a value typed too early."""
+    for _ in range(tries):
+        locator.fill(text)
+        kept = True
+        for _check in range(3):  # still there after ~1 s: no late handler is going to rewrite it
+            locator.page.wait_for_timeout(350)
+            kept = kept and locator.input_value() == text
+        if kept:
+            return
+    raise AssertionError(f"the value {text!r} did not stay in {locator}")
+
+
+def small_txt2img(page, prompt: str, steps: int) -> None:
+    """Fill the txt2img tab for a quick job: `prompt`, 64×64, `steps` steps."""
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", str(steps))):
+        set_number(page, elem_id, value)
+
+
+class RunnerCalls:
+    """Records `ProcessingRunner.run` calls (each job's steps, its `p` and what it returned) while
+    delegating to the real method."""
+
+    def __init__(self, monkeypatch) -> None:
+        from modules.runtime.runner import ProcessingRunner
+        self.steps: list[int] = []
+        self.jobs: list = []
+        self.results: list = []
+        original = ProcessingRunner.run
+
+        def recording(runner, request):
+            self.steps.append(request.processing.steps)
+            self.jobs.append(request.processing)
+            result = original(runner, request)
+            self.results.append(result)
+            return result
+
+        monkeypatch.setattr(ProcessingRunner, "run", recording)
 
 
 def shot(page, name: str) -> str:

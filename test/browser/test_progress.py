@@ -12,7 +12,7 @@ import time
 from typing import Any, Iterator
 
 import pytest
-from conftest import shot
+from conftest import shot, small_txt2img
 
 from modules import shared
 from modules.shared_state import State
@@ -70,16 +70,8 @@ def options(**values: Any) -> Iterator[None]:
             shared.opts.set(key, value)
 
 
-def set_number(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(value)
-    box.press("Enter")
-
-
 def start_job(page) -> None:
-    page.locator("#txt2img_prompt textarea").fill("a red cube")
-    for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", str(STEPS))):
-        set_number(page, elem_id, value)
+    small_txt2img(page, "a red cube", STEPS)
     page.locator("#txt2img_generate").click()
 
 

@@ -1,26 +1,30 @@
 """The generation tab's top row in a real browser: the token counter follows typing, Ctrl+Enter in
-the prompt generates (the gallery's image and infotext match the controls), and a style created in
+the prompt generates (the gallery's infotext and the saved PNG's match the controls), and a style created in
 the styles editor is applied to the prompt with 📋."""
 from __future__ import annotations
 
 import os
+import time
 
-from conftest import shot
+from conftest import RunnerCalls, set_number, shot, small_txt2img
+
+from PIL import Image
 
 from modules import infotext_utils, shared
-
-
-def set_number(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(value)
-    box.press("Enter")
 
 
 def counter_text(page, elem_id: str = "txt2img_token_counter") -> str:
     return page.locator(f"#{elem_id}").inner_text().strip()
 
 
+def _newest_png(folder: str, since: float) -> str | None:
+    found = [os.path.join(root, n) for root, _dirs, names in os.walk(folder) for n in names if n.endswith(".png")]
+    found = [f for f in found if os.path.getmtime(f) >= since]
+    return max(found, key=os.path.getmtime) if found else None
+
+
 def test_counter_updates_and_ctrl_enter_generates(page):
+    started = time.time() - 1
     prompt = page.locator("#txt2img_prompt textarea")
     prompt.fill("a photo of a cat")
     page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '5/75'",
@@ -41,6 +45,13 @@ def test_counter_updates_and_ctrl_enter_generates(page):
     assert params["Prompt"] == "a photo of a cat"
     assert params["Negative prompt"] == "blurry BREAK ugly"
     assert (params["Size-1"], params["Size-2"], params["Steps"], params["Seed"]) == ("64", "64", "2", "1234")
+    outputs = os.path.join(shared.data_paths.data_path, "outputs")
+    saved = _newest_png(outputs, started)  # the UI saves its images, as A1111's does
+    assert saved is not None, "the job's image was saved"
+    with Image.open(saved) as image:
+        assert image.info["parameters"] == page.locator("#txt2img_infotext textarea").input_value()
+    # notification.mp3 exists in the data folder: the page played it when the images arrived
+    page.wait_for_function("(window.serena_notification_played || 0) >= 1", timeout=10000)
     assert page.serena_errors == []
 
 
@@ -79,31 +90,21 @@ def test_style_created_in_the_editor_is_applied(page):
 
 
 def test_generate_forever_repeats_until_cancelled(page, monkeypatch):
-    from modules.runtime.runner import ProcessingRunner
-    runs = []
-    original = ProcessingRunner.run
-
-    def counting(self, request):
-        runs.append(request.processing.steps)
-        return original(self, request)
-
-    monkeypatch.setattr(ProcessingRunner, "run", counting)
-    page.locator("#txt2img_prompt textarea").fill("a blue cube")
-    for elem_id, value in (("txt2img_width", "64"), ("txt2img_height", "64"), ("txt2img_steps", "1")):
-        set_number(page, elem_id, value)
+    runs = RunnerCalls(monkeypatch)
+    small_txt2img(page, "a blue cube", 1)
     page.locator("#txt2img_generate").click(button="right")
     page.get_by_text("Generate forever", exact=True).click()
     page.wait_for_function("() => window.serenaGenerateForever.running('txt2img')", timeout=5000)
     deadline_s = 60
     import time
     start = time.time()
-    while len(runs) < 2 and time.time() - start < deadline_s:
+    while len(runs.steps) < 2 and time.time() - start < deadline_s:
         page.wait_for_timeout(250)
     page.locator("#txt2img_generate").click(button="right")
     page.get_by_text("Cancel generate forever", exact=True).click()
-    assert len(runs) >= 2
+    assert len(runs.steps) >= 2
     page.wait_for_timeout(2000)  # a job started just before cancelling may still finish
-    settled = len(runs)
+    settled = len(runs.steps)
     page.wait_for_timeout(2000)
-    assert len(runs) == settled  # no new jobs after cancelling
+    assert len(runs.steps) == settled  # no new jobs after cancelling
     assert page.serena_errors == []
