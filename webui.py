@@ -75,16 +75,103 @@ def create_app():
     if shared.cmd_opts.nowebui:
         run_app_started(app, None)
         return app
-    from modules import ui, ui_extra_networks, ui_head
+    from modules import ui, ui_extra_networks, ui_head, ui_restart
     ui_head.add_routes(app)  # the page's JavaScript/CSS (Serena's and extensions'), before the mount
+    ui_restart.add_routes(app)  # /internal/ping with this app's boot id (the page waits for a new one)
     ui_extra_networks.add_routes(app)  # card preview images and metadata
     blocks = ui.create_ui()
     run_app_started(app, blocks)
     return ui.mount(app, blocks=blocks)
 
 
+class UiServer:
+    """Serves `create_app()` with uvicorn and builds it anew when the page asks for a restart
+    (Settings' "Reload UI", Extensions' "Apply and restart UI": `shared.state.server_command ==
+    "restart"`), as A1111's serving loop does: the app stops, extensions and scripts are reloaded
+    under the generation queue's lock, and a new app serves on the same address."""
+
+    def __init__(self, host: str, port: int, *, poll_s: float = 0.2, make_app=None) -> None:
+        self.host, self.port, self.poll_s = host, port, poll_s
+        self.make_app = make_app or create_app
+        self.server = None
+        self.restarts = 0
+        self._thread = None
+        self._stop = False
+
+    def _serve(self) -> None:
+        from modules import ui_restart
+        from modules.api.app import serve
+        shared.state.server_command = None
+        ui_restart.loop_active = True
+        self.server = serve(self.make_app(), host=self.host, port=self.port, background=True,
+                            timeout_graceful_shutdown=1)
+
+    def _stop_server(self) -> None:
+        server = self.server
+        if server is None:
+            return
+        server.should_exit = True
+        server.serena_thread.join(30)  # open streams are cut after timeout_graceful_shutdown
+        self.server = None
+
+    def _restart(self) -> None:
+        import time
+
+        from modules import call_queue
+        started = time.monotonic()
+        self._stop_server()
+        stopped = time.monotonic()
+        call_queue.wrap_queued_call(load_extensions)()  # no job sees half-loaded scripts
+        loaded = time.monotonic()
+        self._serve()
+        self.restarts += 1
+        print(f"Serena: UI restarted in {time.monotonic() - started:.1f} s (stop {stopped - started:.1f} s, "
+              f"extensions and scripts {loaded - stopped:.1f} s, new app {time.monotonic() - loaded:.1f} s)")
+
+    def run(self) -> None:
+        """Serve until Ctrl+C or `/sdapi/v1/server-stop`, restarting on request."""
+        import signal
+        import threading
+        import time
+
+        from modules import ui_restart
+        if threading.current_thread() is threading.main_thread():  # SIGTERM: stop as Ctrl+C does
+            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        self._serve()
+        try:
+            while not self._stop:
+                time.sleep(self.poll_s)
+                command = shared.state.server_command
+                if command == "restart":
+                    self._restart()
+                elif command == "stop" or self.server is None or self.server.should_exit:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            ui_restart.loop_active = False
+            self._stop_server()
+
+    def start_background(self) -> "UiServer":
+        """`run` in a daemon thread (tests, embedding); returns once the first app answers."""
+        import threading
+        import time
+        self._thread = threading.Thread(target=self.run, name="serena-ui-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while (self.server is None or not self.server.started) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join(30)
+
+
 def start(cmd_opts: argparse.Namespace) -> None:
-    """Initialise, build the app and serve it with uvicorn until interrupted."""
+    """Initialise, build the app and serve it with uvicorn until interrupted (a restart requested
+    by the page rebuilds the app in place)."""
     from modules.api.app import serve
     initialize(cmd_opts)
     host, port = server_address(cmd_opts)
@@ -92,4 +179,7 @@ def start(cmd_opts: argparse.Namespace) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not (cmd_opts.api_auth or cmd_opts.gradio_auth):
         print("Serena: WARNING: listening beyond this machine with no --api-auth or --gradio-auth: "
               "anyone who can reach the port can generate and change settings.")
-    serve(create_app(), host=host, port=port)
+    if cmd_opts.nowebui:
+        serve(create_app(), host=host, port=port)
+    else:
+        UiServer(host, port).run()

@@ -86,6 +86,22 @@
             run(callbacks.tabChange);
         }
     });
+    // After "Reload UI" / "Apply and restart UI": the server builds a new app; poll A1111's
+    // /internal/ping until it answers with a boot id other than this page's, then reload.
+    window.serenaRestartReload = function (bootBefore) {
+        const started = Date.now();
+        document.body.style.opacity = "0.5";
+        const retry = () => (Date.now() - started > 180000 ? location.reload() : setTimeout(poll, 500));
+        const poll = () => fetch("./internal/ping", {cache: "no-store", credentials: "same-origin"})
+            .then((r) => {
+                const boot = r.headers.get("X-Serena-Boot");
+                if (r.ok && boot && boot !== bootBefore) location.reload();
+                else retry();
+            })
+            .catch(retry);
+        setTimeout(poll, 500);
+    };
+
     // Gradio puts the page's <head> scripts in after the document has loaded: start at once then.
     const observe = () => observer.observe(gradioApp(), {childList: true, subtree: true});
     if (document.readyState === "loading") {

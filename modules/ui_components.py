@@ -142,6 +142,11 @@ class InputAccordion(gr.Checkbox):
         checkbox_kwargs = {k: v for k, v in kwargs.items() if k not in ("open", "elem_classes")}
         checkbox_kwargs.update(elem_id=f"{self.accordion_id}-checkbox", visible=False, label=label)
         super().__init__(bool(value), **checkbox_kwargs)
+        self.accordion = None
+        if gr.context.Context.root_block is None:
+            # Outside a page being built (Gradio copies a component this way to apply an update sent
+            # to it): the checkbox alone; the accordion and its events belong to the page's copy.
+            return
 
         accordion_kwargs = {k: kwargs[k] for k in ("visible", "render") if k in kwargs}
         self.accordion = gr.Accordion(label=label, open=bool(value), elem_id=self.accordion_id,

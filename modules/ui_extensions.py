@@ -5,10 +5,10 @@ browser; the git and index work lives in `modules.extensions`. Every refusal or 
 server, bad URL, existing folder, unreachable index) is one short HTML line in the tab and one log
 line, never a traceback.
 
-"Apply and restart UI": Serena cannot rebuild a mounted Gradio page in-process, so the button saves
-`disabled_extensions` / `disable_all_extensions`, re-discovers extensions and reloads scripts
-(`webui.load_extensions()`), then reloads the page. Controls of a newly installed script appear
-after a server restart.
+"Apply and restart UI" saves `disabled_extensions` / `disable_all_extensions`, then the serving loop
+(`webui.UiServer`, see `modules.ui_restart`) rebuilds the app with extensions re-discovered and
+scripts reloaded, so a newly installed extension's controls are in the new page; the page reloads
+when the new app answers. Without a serving loop, extensions and scripts are reloaded in place.
 """
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from modules import extensions, shared
+from modules import extensions, shared, ui_restart
 
 log = logging.getLogger("serena.ui.extensions")
 
 DEFAULT_INDEX_URL = ("https://raw.githubusercontent.com/AUTOMATIC1111/stable-diffusion-webui-extensions/"
                      "master/index.json")
 DISABLE_ALL_CHOICES = ["none", "extra", "all"]
-RESTART_NOTE = ("Apply and restart UI saves the choices, reloads extensions and scripts, and reloads this page. "
-                "Controls added by a newly installed extension's scripts appear after a server restart.")
+RESTART_NOTE = ("Apply and restart UI saves the choices and rebuilds the UI: extensions and scripts are reloaded "
+                "(a running job is interrupted) and this page reloads when the server answers again.")
 
 available_index: dict = {"extensions": []}
 """The index last loaded in the Available tab (A1111 keeps it module-wide too)."""
@@ -134,6 +134,12 @@ def _reload_extensions() -> None:
         raise failure[0]
 
 
+def _restart_ui() -> None:
+    """Rebuild the UI in the serving loop (which reloads extensions and scripts), else reload
+    extensions and scripts in place."""
+    ui_restart.request_restart(reload_in_place=_reload_extensions)
+
+
 def apply_and_restart(disabled_json: str, update_json: str, disable_all: str,
                       reload: Callable[[], None] | None = None) -> str:
     """Update the extensions marked for update, save `disabled_extensions` and
@@ -159,7 +165,7 @@ def apply_and_restart(disabled_json: str, update_json: str, disable_all: str,
     shared.opts.disabled_extensions = disabled
     shared.opts.disable_all_extensions = disable_all
     shared.opts.save(shared.config_filename)
-    (reload or _reload_extensions)()
+    (reload or _restart_ui)()
     log.info("Extensions: applied (disabled: %s, disable all: %s); extensions and scripts reloaded",
              disabled, disable_all)
     return message_html("; ".join(failed), error=False) if failed else ""
@@ -321,7 +327,7 @@ def _wire(c: dict[str, Any]) -> None:
     """Events of the tab's components (`c`: the builder's locals)."""
     c["apply"].click(apply_and_restart, inputs=[c["disabled_list"], c["update_list"], c["disable_all"]],
                      outputs=c["info"], js=_COLLECT_JS, show_progress="full").success(
-        None, js="() => { setTimeout(() => location.reload(), 100); }")
+        None, js=ui_restart.page_reload_js())
     c["check"].click(check_for_updates, inputs=c["disabled_list"], outputs=[c["table"], c["info"]],
                      js=_CHECK_JS, show_progress="full")
     c["install"].click(install_from_url, inputs=[c["dirname"], c["url"], c["branch"]],

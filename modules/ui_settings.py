@@ -3,8 +3,8 @@
 Every option of `shared.opts.data_labels` gets one component with elem_id `setting_<key>`, in its
 section's page. "Apply settings" (`settings_submit`) validates each changed value with the API's
 checks, sets it (hooks run; a checkpoint/VAE switch waits for the queue), saves config.json and
-reports "N settings changed: …" in `settings_result`. "Reload UI" reloads the page in the browser
-(the server-side page is not rebuilt: options marked "requires Reload UI" need a restart).
+reports "N settings changed: …" in `settings_result`. "Reload UI" has the server rebuild the app
+(`modules.ui_restart`; options marked "requires Reload UI" then take effect) and reloads the page.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from modules import errors, options, shared
+from modules import errors, options, shared, ui_restart
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +387,7 @@ def create_settings_tab() -> None:
     page.input(lambda p: page_visibility(p, "", pages, keys), inputs=page, outputs=visibility_outputs,
                show_progress="hidden").then(changed_from_defaults_html, outputs=defaults_html, show_progress="hidden")
     page.input(lambda: "", outputs=search, show_progress="hidden")
-    # A full page reload: the page is built once per server start, so "requires Reload UI" options
-    # take effect after a restart.
-    reload_ui.click(None, js="() => { window.location.reload(); }")
+    # A1111's Reload UI: the server rebuilds the app (extensions and scripts reloaded, the page built
+    # anew, so "requires Reload UI" options take effect), and the page reloads when it answers again.
+    reload_ui.click(lambda: ui_restart.request_restart(), show_progress="hidden") \
+        .then(None, js=ui_restart.page_reload_js())

@@ -316,3 +316,11 @@ def test_serena_ui_builds_after_install(serena, component_callbacks):
     assert by_id["txt2img_steps"]["props"]["value"] == 20
     assert by_id["pnginfo_image"]["props"]["sources"] == ["upload", "clipboard"]
     assert {"txt2img_prompt", "txt2img_steps", "img2img_prompt"} <= set(seen)  # extensions hook Serena's UI
+
+
+def test_input_accordion_copied_outside_a_page_is_a_plain_checkbox():
+    """Gradio copies a component (outside any Blocks) to apply an update sent to it, e.g. when a
+    send-to button pastes an infotext into a script's InputAccordion: that copy must not wire events."""
+    from modules.ui_components import InputAccordion
+    copy = InputAccordion(True, label="Soft inpainting", elem_id="probe_accordion")
+    assert copy.value is True and copy.accordion is None

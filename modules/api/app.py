@@ -368,6 +368,7 @@ def serve(app: FastAPI, host: str | None = "127.0.0.1", port: int = 7861, *,
         server.run()
         return server
     thread = threading.Thread(target=server.run, name="serena-api", daemon=True)
+    server.serena_thread = thread  # join it to know the server has shut down
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:

@@ -169,8 +169,42 @@ def _find_script(runner: Any, name: str, scripts: list[Any]) -> Any:
     return None
 
 
-def build_script_args(req: m._ProcessingFields, runner: Any) -> tuple[Any, list[Any]]:
-    """The selected script (or None) and the flat script-args array, as A1111 lays it out."""
+def script_args_from_infotext(text: str | None, runner: Any) -> dict[int, Any]:
+    """The script controls' values an infotext names, by script-args index (A1111 writes the
+    scripts' `infotext_fields` into the args array when a request carries `infotext`). A key is an
+    infotext label or a function of the parsed parameters; values that do not convert to the
+    control's type are left out, a failing function is reported."""
+    from modules import infotext_utils, options
+    if not text or runner is None:
+        return {}
+    params = infotext_utils.parse_generation_parameters(text)
+    positions = {id(control): i for i, control in enumerate(getattr(runner, "inputs", None) or [])}
+    found: dict[int, Any] = {}
+    for control, key in getattr(runner, "infotext_fields", None) or []:
+        index = positions.get(id(control))
+        if index is None:
+            continue
+        try:
+            value = key(params) if callable(key) else params.get(key)
+        except Exception:  # noqa: BLE001 - an extension's function: reported, the request goes on
+            errors.report(f"infotext field of {getattr(control, 'elem_id', None) or control} failed", exc_info=True)
+            continue
+        if isinstance(value, dict):  # a gr.update(value=...)
+            value = value.get("value")
+        if value is None:
+            continue
+        try:
+            found[index] = options.cast_like(getattr(control, "value", None), value)
+        except (TypeError, ValueError):
+            continue
+    return found
+
+
+def build_script_args(req: m._ProcessingFields, runner: Any,
+                      infotext_args: dict[int, Any] | None = None) -> tuple[Any, list[Any]]:
+    """The selected script (or None) and the flat script-args array, as A1111 lays it out:
+    the controls' defaults, then what the infotext names (`infotext_args`), then the request's
+    `script_args` and `alwayson_scripts` (explicit values win)."""
     if runner is None:
         if req.script_name:
             raise errors.InvalidParameter(f"Script '{req.script_name}' not found", field="script_name")
@@ -189,6 +223,9 @@ def build_script_args(req: m._ProcessingFields, runner: Any) -> tuple[Any, list[
     inputs = getattr(runner, "inputs", None) or []
     for i, control in enumerate(inputs[:size]):
         args[i] = getattr(control, "value", None)
+    for i, value in (infotext_args or {}).items():
+        if 0 < i < size:
+            args[i] = value
     args[0] = 0
     if script is not None:
         given = list(req.script_args)
@@ -317,7 +354,7 @@ def run(req: m._ProcessingFields, cls: type, args: dict[str, Any], kind: str, *,
     from modules import processing
     is_img2img = kind == "img2img"
     runner = script_runner(is_img2img)
-    script, script_args = build_script_args(req, runner)
+    script, script_args = build_script_args(req, runner, script_args_from_infotext(req.infotext, runner))
     task_id = req.force_task_id or call_queue.create_task_id(kind)
     with call_queue.queued_job(task_id, f"scripts_{kind}", shared.state):
         p = cls(**args)

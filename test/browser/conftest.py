@@ -3,7 +3,8 @@ Chromium (`apt-get install chromium`; `.ci/run` installs it). Without a browser 
 skipped with one plain reason. Screenshots go to `test/.artifacts/browser/` (not committed).
 
 Fixtures:
-- `ui_server`: the session runtime (`serena`) served with the UI at a free loopback port; its URL.
+- `ui_serving` / `ui_server`: the session runtime (`serena`) served by `webui.UiServer` (which rebuilds
+  the app on a restart request) at a free loopback port; the server object / its URL.
 - `page`: a fresh browser page at that URL, with the page's console errors and uncaught exceptions
   collected in `page.serena_errors` (a test that expects none asserts it is empty).
 - `shot(page, name)`: save a full-page screenshot as an artifact.
@@ -47,13 +48,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def ui_server(serena):
-    """`webui.create_app()` (API + UI) on the session runtime, served on a free loopback port."""
+def ui_serving(serena):
+    """`webui.UiServer` (API + UI, rebuilt on "Reload UI" / "Apply and restart UI") on the session
+    runtime, at a free loopback port."""
     import socket
 
     import webui
     from modules import shared
-    from modules.api.app import serve
     # A notification sound in the data folder: the page then plays it after each job (its bytes are
     # not real MP3; the page counts the plays in window.serena_notification_played).
     with open(os.path.join(shared.data_paths.data_path, "notification.mp3"), "wb") as f:
@@ -61,9 +62,15 @@ def ui_server(serena):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = serve(webui.create_app(), "127.0.0.1", port, background=True)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
+    serving = webui.UiServer("127.0.0.1", port).start_background()
+    yield serving
+    serving.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_server(ui_serving):
+    """The URL of the served page."""
+    return f"http://127.0.0.1:{ui_serving.port}"
 
 
 @pytest.fixture(scope="module")

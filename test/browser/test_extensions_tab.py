@@ -1,5 +1,6 @@
 """The Extensions tab in a real browser (issue 11): an extension installed from a local git URL
-appears in the Installed table after "Apply and restart UI", and its script is served by the API."""
+appears in the Installed table after "Apply and restart UI" — the server rebuilt the page, so the
+new script's control is in it — and its script is served by the API."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ class BrowserProbe(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return []
+        import gradio as gr
+        return [gr.Checkbox(False, label="Browser probe enabled", elem_id=self.elem_id("probe"))]
 '''
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull}
@@ -42,9 +44,10 @@ def make_remote(tmp_path) -> str:
     return bare.as_uri()
 
 
-def test_install_from_url_then_apply_and_restart(page, ui_server, serena, tmp_path):
-    import webui
-    from modules import extensions
+def test_install_from_url_then_apply_and_restart(page, ui_server, ui_serving, serena, tmp_path):
+    import time
+
+    from modules import extensions, shared
     url = make_remote(tmp_path)
     target = os.path.join(extensions._user_dir(), EXT_NAME)
     try:
@@ -57,9 +60,14 @@ def test_install_from_url_then_apply_and_restart(page, ui_server, serena, tmp_pa
         assert os.path.isdir(os.path.join(target, ".git"))
 
         page.get_by_role("tab", name="Installed", exact=True).click()
-        with page.expect_navigation(timeout=60000):
-            page.locator("#extensions_apply").click()
+        restarts = ui_serving.restarts
+        with page.expect_navigation(timeout=90000):
+            page.locator("#extensions_apply").click()  # the page reloads once the rebuilt app answers
         page.wait_for_selector("#txt2img_prompt", timeout=60000)
+        assert ui_serving.restarts == restarts + 1
+        page.serena_errors.clear()  # refused connections while the server was down are expected
+        # the new script's control is in the rebuilt page (A1111's restart), not only in the API
+        assert page.get_by_label("Browser probe enabled").first.is_visible()
         page.get_by_role("tab", name="Extensions", exact=True).click()
         row = page.locator("#extensions tr", has_text=EXT_NAME)
         row.wait_for(timeout=30000)
@@ -72,4 +80,8 @@ def test_install_from_url_then_apply_and_restart(page, ui_server, serena, tmp_pa
         assert page.serena_errors == []
     finally:
         shutil.rmtree(target, ignore_errors=True)
-        webui.load_extensions()  # the session's other tests see the usual scripts again
+        restarts = ui_serving.restarts  # rebuild without it: the session's other tests see the usual page
+        shared.state.request_restart()
+        deadline = time.monotonic() + 90
+        while ui_serving.restarts == restarts and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -13,6 +13,25 @@ GREEN = (30, 160, 90)
 def _open_img2img(page, sub_tab_id: str) -> None:
     page.locator("#tab_img2img-button").click()
     page.locator(f"#{sub_tab_id}-button").click()
+    page.wait_for_selector(f"#{sub_tab_id}", state="visible", timeout=30000)
+
+
+def _upload_into_editor(page, elem_id: str, path: str) -> None:
+    """Upload `path` into the image editor `elem_id` and wait until it shows the image. The editor
+    shows a blank 800×800 canvas until the upload is back; the small test image then fills the view
+    at a zoom over 100 %. An upload sent while the editor was still mounting can be dropped: try again."""
+    shown = ("(() => { const z = document.querySelector('#%s .zoom-number span');"
+             " return z !== null && parseInt(z.textContent) > 100; })()" % elem_id)
+    for _attempt in range(3):
+        page.locator(f"#{elem_id} input[type=file]").first.set_input_files(path)
+        try:
+            page.wait_for_function(shown, timeout=20000)
+            return
+        except Exception:  # noqa: BLE001 - retried, then reported below
+            continue
+    shot(page, f"{elem_id}-upload-not-shown")
+    zoom = page.locator(f"#{elem_id} .zoom-number").all_inner_texts()
+    raise AssertionError(f"the uploaded image did not show in #{elem_id} (zoom {zoom}, console {page.serena_errors})")
 
 
 def _small_job(page, steps: int = 2) -> None:
@@ -25,11 +44,7 @@ def test_inpaint_mask_drawn_with_the_brush_changes_only_the_masked_area(page, mo
     source = tmp_path / "green.png"
     Image.new("RGB", (64, 64), GREEN).save(source)
     _open_img2img(page, "img2img_inpaint_tab")
-    page.locator("#img2maskimg input[type=file]").first.set_input_files(str(source))
-    # The editor shows its blank 800×800 canvas until the upload is back; the 64 px image then fills
-    # the view at a zoom over 100 % — draw only on the image.
-    page.wait_for_function("(() => { const z = document.querySelector('#img2maskimg .zoom-number span');"
-                           " return z !== null && parseInt(z.textContent) > 100; })()", timeout=60000)
+    _upload_into_editor(page, "img2maskimg", str(source))
     page.locator("#img2maskimg button[aria-label='Brush']").first.click()
     page.locator("#img2maskimg [aria-label='Brush Size']").first.click()  # the editor's brush size
     page.locator("#img2maskimg .size_picker input[type=range]").first.fill("6")

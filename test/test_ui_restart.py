@@ -1,0 +1,69 @@
+"""A1111's "Reload UI" / "Apply and restart UI" (modules/ui_restart.py, webui.UiServer): with a
+serving loop the app is rebuilt and `/internal/ping` answers with a new boot id; without one the
+extensions are reloaded in place."""
+from __future__ import annotations
+
+import base64
+import socket
+import time
+import urllib.request
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from modules import shared, ui_restart
+from modules.api.app import parse_credentials
+
+
+def _app(credentials=None) -> FastAPI:
+    app = FastAPI()
+    app.state.serena_credentials = parse_credentials(credentials) if credentials else None
+    ui_restart.add_routes(app)
+    return app
+
+
+def test_ping_answers_empty_with_the_boot_id_behind_the_credentials():
+    app = _app()
+    response = TestClient(app).get("/internal/ping")
+    assert response.status_code == 200 and response.json() == {}
+    assert response.headers[ui_restart.BOOT_HEADER] == app.state.serena_boot != _app().state.serena_boot
+    guarded = TestClient(_app("user:pw"))
+    assert guarded.get("/internal/ping").status_code == 401
+    auth = {"Authorization": "Basic " + base64.b64encode(b"user:pw").decode()}
+    assert guarded.get("/internal/ping", headers=auth).status_code == 200
+
+
+def test_without_a_serving_loop_the_restart_reloads_in_place(monkeypatch):
+    monkeypatch.setattr(ui_restart, "loop_active", False)
+    reloaded = []
+    assert ui_restart.request_restart(lambda: reloaded.append(1)) is False and reloaded == [1]
+    assert shared.state.server_command != "restart"
+    assert "location.reload" in ui_restart.page_reload_js() and "serenaRestartReload" not in ui_restart.page_reload_js()
+
+
+def test_serving_loop_rebuilds_the_app_on_request(serena, monkeypatch):
+    import webui
+    builds = []
+
+    def make_app() -> FastAPI:
+        app = _app()
+        builds.append(app.state.serena_boot)
+        return app
+
+    monkeypatch.setattr(webui, "load_extensions", lambda: None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app).start_background()
+    try:
+        assert ui_restart.loop_active and "serenaRestartReload" in ui_restart.page_reload_js()
+        assert ui_restart.request_restart() is True
+        deadline = time.monotonic() + 30
+        while serving.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/ping") as response:
+            assert response.headers[ui_restart.BOOT_HEADER] == builds[-1] != builds[0]
+        assert len(builds) == 2 and shared.state.server_command is None
+    finally:
+        serving.stop()
+    assert not ui_restart.loop_active
