@@ -90,21 +90,21 @@ class UiServer:
     "restart"`), as A1111's serving loop does: the app stops, extensions and scripts are reloaded
     under the generation queue's lock, and a new app serves on the same address."""
 
-    def __init__(self, host: str, port: int, *, poll_s: float = 0.2, make_app=None) -> None:
+    def __init__(self, host: str, port: int, *, poll_s: float = 0.2, make_app=None, take_command=None) -> None:
+        """`take_command()` returns (and clears) a pending "restart" / "stop" or None; by default
+        `shared.state.server_command`, which the page's restart buttons set."""
         self.host, self.port, self.poll_s = host, port, poll_s
         self.make_app = make_app or create_app
+        self.take_command = take_command or _take_server_command
         self.server = None
         self.restarts = 0
         self._thread = None
         self._stop = False
 
-    def _serve(self) -> None:
-        from modules import ui_restart
+    def _serve(self, app=None) -> None:
         from modules.api.app import serve
-        shared.state.server_command = None
-        ui_restart.loop_active = True
-        self.server = serve(self.make_app(), host=self.host, port=self.port, background=True,
-                            timeout_graceful_shutdown=1)
+        self.server = serve(app if app is not None else self.make_app(), host=self.host, port=self.port,
+                            background=True, timeout_graceful_shutdown=1)
 
     def _stop_server(self) -> None:
         server = self.server
@@ -115,18 +115,24 @@ class UiServer:
         self.server = None
 
     def _restart(self) -> None:
+        """Reload extensions and scripts and build the new app while the old one still serves (a
+        failure is reported and the old app keeps serving), then swap them on the same address."""
         import time
 
-        from modules import call_queue
+        from modules import call_queue, errors
         started = time.monotonic()
+        try:
+            call_queue.wrap_queued_call(load_extensions)()  # no job sees half-loaded scripts
+            app = self.make_app()
+        except Exception:  # noqa: BLE001 - an extension broke the rebuild: keep serving the old app
+            errors.report("UI restart failed; the current UI keeps running", exc_info=True)
+            return
+        built = time.monotonic()
         self._stop_server()
-        stopped = time.monotonic()
-        call_queue.wrap_queued_call(load_extensions)()  # no job sees half-loaded scripts
-        loaded = time.monotonic()
-        self._serve()
+        self._serve(app)
         self.restarts += 1
-        print(f"Serena: UI restarted in {time.monotonic() - started:.1f} s (stop {stopped - started:.1f} s, "
-              f"extensions and scripts {loaded - stopped:.1f} s, new app {time.monotonic() - loaded:.1f} s)")
+        print(f"Serena: UI restarted in {time.monotonic() - started:.1f} s (new app built in "
+              f"{built - started:.1f} s, switched in {time.monotonic() - built:.1f} s)")
 
     def run(self) -> None:
         """Serve until Ctrl+C or `/sdapi/v1/server-stop`, restarting on request."""
@@ -137,11 +143,12 @@ class UiServer:
         from modules import ui_restart
         if threading.current_thread() is threading.main_thread():  # SIGTERM: stop as Ctrl+C does
             signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
-        self._serve()
+        ui_restart.loops_running += 1
         try:
+            self._serve()
             while not self._stop:
                 time.sleep(self.poll_s)
-                command = shared.state.server_command
+                command = self.take_command()
                 if command == "restart":
                     self._restart()
                 elif command == "stop" or self.server is None or self.server.should_exit:
@@ -149,7 +156,7 @@ class UiServer:
         except KeyboardInterrupt:
             pass
         finally:
-            ui_restart.loop_active = False
+            ui_restart.loops_running -= 1
             self._stop_server()
 
     def start_background(self) -> "UiServer":
@@ -167,6 +174,11 @@ class UiServer:
         self._stop = True
         if self._thread is not None:
             self._thread.join(30)
+
+
+def _take_server_command() -> str | None:
+    command, shared.state.server_command = shared.state.server_command, None
+    return command
 
 
 def start(cmd_opts: argparse.Namespace) -> None:

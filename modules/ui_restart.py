@@ -21,8 +21,14 @@ from modules.ui_gate import PageOrApiAuthGate
 log = logging.getLogger("serena.ui")
 
 BOOT_HEADER = "X-Serena-Boot"
-loop_active = False
-"""True while `webui.UiServer` serves (and will rebuild the app on a restart request)."""
+loops_running = 0
+"""How many `webui.UiServer` loops serve in this process (normally one; each rebuilds its app when
+`shared.state.server_command` asks for a restart)."""
+
+
+def loop_active() -> bool:
+    """Whether a serving loop will rebuild the app on a restart request."""
+    return loops_running > 0
 current_boot: str | None = None
 """The boot id of the app built last (its page waits for another one after a restart)."""
 
@@ -54,7 +60,7 @@ def request_restart(reload_in_place: Any = None) -> bool:
     """Ask the serving loop to rebuild the app (A1111: the running job is interrupted first).
     Returns True when a loop will restart; otherwise `reload_in_place()` (if given) runs now and
     False is returned (the page then just reloads)."""
-    if loop_active:
+    if loop_active():
         log.info("UI restart requested")
         shared.state.request_restart()
         return True
@@ -66,6 +72,6 @@ def request_restart(reload_in_place: Any = None) -> bool:
 def page_reload_js() -> str:
     """The page's side, fixed when the page is built: with a serving loop, wait for the rebuilt app
     (a boot id other than this page's) and reload; without one, reload at once."""
-    if loop_active and current_boot:
+    if loop_active() and current_boot:
         return f"() => {{ serenaRestartReload({current_boot!r}); return []; }}"
     return "() => { setTimeout(() => location.reload(), 100); return []; }"

@@ -34,7 +34,7 @@ def test_ping_answers_empty_with_the_boot_id_behind_the_credentials():
 
 
 def test_without_a_serving_loop_the_restart_reloads_in_place(monkeypatch):
-    monkeypatch.setattr(ui_restart, "loop_active", False)
+    monkeypatch.setattr(ui_restart, "loops_running", 0)
     reloaded = []
     assert ui_restart.request_restart(lambda: reloaded.append(1)) is False and reloaded == [1]
     assert shared.state.server_command != "restart"
@@ -54,16 +54,61 @@ def test_serving_loop_rebuilds_the_app_on_request(serena, monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app).start_background()
+    # Its own command source: the browser tests' loop (same process) must not restart with it.
+    commands: list[str] = []
+    running = ui_restart.loops_running
+    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app,
+                             take_command=lambda: commands.pop() if commands else None).start_background()
     try:
-        assert ui_restart.loop_active and "serenaRestartReload" in ui_restart.page_reload_js()
-        assert ui_restart.request_restart() is True
+        assert ui_restart.loop_active() and ui_restart.loops_running == running + 1
+        assert "serenaRestartReload" in ui_restart.page_reload_js()
+        commands.append("restart")
         deadline = time.monotonic() + 30
         while serving.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/ping") as response:
             assert response.headers[ui_restart.BOOT_HEADER] == builds[-1] != builds[0]
-        assert len(builds) == 2 and shared.state.server_command is None
+        assert len(builds) == 2
     finally:
         serving.stop()
-    assert not ui_restart.loop_active
+    assert ui_restart.loops_running == running
+
+
+def test_restart_request_sets_the_command_the_loop_takes(monkeypatch):
+    import webui
+    monkeypatch.setattr(ui_restart, "loops_running", 1)
+    monkeypatch.setattr(shared.state, "server_command", None)
+    monkeypatch.setattr(shared.state, "interrupted", False)  # a restart interrupts the running job (A1111)
+    assert ui_restart.request_restart() is True and shared.state.interrupted
+    assert webui._take_server_command() == "restart" and shared.state.server_command is None
+
+
+def test_a_failing_rebuild_keeps_the_current_app_serving(serena, monkeypatch):
+    import webui
+    builds = []
+
+    def make_app() -> FastAPI:
+        if builds:
+            raise RuntimeError("an extension broke the page")
+        app = _app()
+        builds.append(app.state.serena_boot)
+        return app
+
+    monkeypatch.setattr(webui, "load_extensions", lambda: None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    commands: list[str] = []
+    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app,
+                             take_command=lambda: commands.pop() if commands else None).start_background()
+    try:
+        commands.append("restart")
+        deadline = time.monotonic() + 10
+        while commands and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/internal/ping") as response:
+            assert response.headers[ui_restart.BOOT_HEADER] == builds[0]  # the old app still answers
+        assert serving.restarts == 0
+    finally:
+        serving.stop()
