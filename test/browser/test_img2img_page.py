@@ -16,18 +16,30 @@ def _open_img2img(page, sub_tab_id: str) -> None:
     page.wait_for_selector(f"#{sub_tab_id}", state="visible", timeout=30000)
 
 
-def _upload_into_editor(page, elem_id: str, path: str) -> None:
-    """Upload `path` into the image editor `elem_id` and wait until it shows the image. The editor
-    shows a blank 800×800 canvas until the upload is back; the small test image then fills the view
-    at a zoom over 100 %. An upload sent while the editor was still mounting can be dropped: try again."""
+def _upload_into_editor(page, sub_tab_id: str, elem_id: str, path: str) -> None:
+    """Open the sub-tab, upload `path` into its image editor and wait until the editor shows it.
+
+    The editor first shows a blank 800×800 canvas (zoom under 100 %); the small test image then fills
+    the view at a zoom over 100 %. Headless Chromium draws the editor with software WebGL: an upload
+    that reaches the editor before it has finished setting up is lost with a console error, so the
+    upload waits for the editor's zoom display, and a page that still lost it is reloaded once."""
+    ready = f"document.querySelector('#{elem_id} .zoom-number span') !== null"
     shown = ("(() => { const z = document.querySelector('#%s .zoom-number span');"
              " return z !== null && parseInt(z.textContent) > 100; })()" % elem_id)
-    for _attempt in range(3):
+    for attempt in range(2):
+        if attempt:
+            page.reload(wait_until="load")
+            page.wait_for_selector("#txt2img_prompt", timeout=60000)
+        _open_img2img(page, sub_tab_id)
+        page.wait_for_function(ready, timeout=60000)
+        page.wait_for_timeout(500)
         page.locator(f"#{elem_id} input[type=file]").first.set_input_files(path)
         try:
-            page.wait_for_function(shown, timeout=20000)
+            page.wait_for_function(shown, timeout=30000)
+            if attempt:
+                page.serena_errors.clear()  # what the lost first attempt logged
             return
-        except Exception:  # noqa: BLE001 - retried, then reported below
+        except Exception:  # noqa: BLE001 - tried again on a fresh page, then reported below
             continue
     shot(page, f"{elem_id}-upload-not-shown")
     zoom = page.locator(f"#{elem_id} .zoom-number").all_inner_texts()
@@ -43,8 +55,7 @@ def test_inpaint_mask_drawn_with_the_brush_changes_only_the_masked_area(page, mo
     runs = RunnerCalls(monkeypatch)
     source = tmp_path / "green.png"
     Image.new("RGB", (64, 64), GREEN).save(source)
-    _open_img2img(page, "img2img_inpaint_tab")
-    _upload_into_editor(page, "img2maskimg", str(source))
+    _upload_into_editor(page, "img2img_inpaint_tab", "img2maskimg", str(source))
     page.locator("#img2maskimg button[aria-label='Brush']").first.click()
     page.locator("#img2maskimg [aria-label='Brush Size']").first.click()  # the editor's brush size
     page.locator("#img2maskimg .size_picker input[type=range]").first.fill("6")
