@@ -26,6 +26,8 @@ MODE_NAMES = ("img2img", "Sketch", "Inpaint", "Inpaint sketch", "Inpaint upload"
 IMG2IMG, SKETCH, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH = range(6)
 INPAINT_MODES = (INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH)
 """Modes whose page shows the inpaint options (mask blur, mode, masked content, area, padding)."""
+SOURCE_KEYS = ("init_image", "sketch", "init_img_with_mask", "inpaint_color_sketch", "init_img_inpaint")
+"""The image input of each mode before Batch, in mode order (what 📐 and "Resize by" read)."""
 INPUT_FIELDS = (
     "img2img_mode", "init_image", "sketch", "init_img_with_mask", "inpaint_color_sketch", "mask_alpha",
     "init_img_inpaint", "init_mask_inpaint", "img2img_batch_input_dir", "img2img_batch_output_dir",
@@ -164,8 +166,7 @@ def resolve(values: Mapping[str, Any], background: str = "#ffffff") -> ResolvedI
 def source_size(values: Mapping[str, Any]) -> tuple[int, int] | None:
     """(width, height) of the chosen sub-tab's image, for 📐 and "Resize by"; None without one."""
     mode = int(values.get("img2img_mode") or 0)
-    key = {IMG2IMG: "init_image", SKETCH: "sketch", INPAINT: "init_img_with_mask",
-           INPAINT_SKETCH: "inpaint_color_sketch", INPAINT_UPLOAD: "init_img_inpaint"}.get(mode)
+    key = SOURCE_KEYS[mode] if 0 <= mode < len(SOURCE_KEYS) else None
     image = editor_background(values.get(key)) if key else None
     return image.size if image is not None else None
 

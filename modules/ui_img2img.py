@@ -27,9 +27,7 @@ SUB_TABS = (  # (label, elem_id = Tab id) in mode order
     ("Inpaint upload", "img2img_inpaint_upload_tab"),
     ("Batch", "img2img_batch_tab"),
 )
-INPUT_FIELDS = inputs.INPUT_FIELDS
-SOURCE_KEYS = ("init_image", "sketch", "init_img_with_mask", "inpaint_color_sketch", "init_img_inpaint")
-"""The image inputs 📐 and "Resize by" read, in mode order."""
+SOURCE_KEYS = inputs.SOURCE_KEYS
 
 
 def _opt(name: str, default: Any) -> Any:

@@ -176,8 +176,9 @@ def wire_send(button: Any, target: SendTarget, tabs: gr.Tabs, inputs: list[Any],
 
 # --- folders ------------------------------------------------------------------------------------------------
 def output_folder(kind: str) -> str:
-    """The folder this tab's images are saved in (the general option wins, as in A1111's UI)."""
-    folder = shared.opts.outdir_samples or getattr(shared.opts, f"outdir_{kind}_samples")
+    """The folder this tab's images are saved in (the UI's choice: `generation.output_folders`)."""
+    from modules.api import generation
+    folder = generation.output_folders(kind, None, ui=True)[0]
     return folder if os.path.isabs(folder) else os.path.join(shared.data_paths.data_path, folder)
 
 

@@ -26,6 +26,20 @@ def image_bytes(res: processing.Processed) -> bytes:
 
 
 @contextlib.contextmanager
+def options_set(**values) -> Iterator[None]:
+    """`shared.opts` set to `values` for the block (every thread sees them), restored afterwards."""
+    from modules import shared
+    old = {key: getattr(shared.opts, key) for key in values}
+    for key, value in values.items():
+        shared.opts.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            shared.opts.set(key, value)
+
+
+@contextlib.contextmanager
 def empty_folder(path: str) -> Iterator[str]:
     """`path` as an empty folder for the test, removed again afterwards."""
     shutil.rmtree(path, ignore_errors=True)

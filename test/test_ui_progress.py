@@ -13,18 +13,7 @@ from typing import Any, Iterator
 import torch
 
 from modules import call_queue, progress, sd_samplers_common, ui_handlers as h, ui_progress
-
-
-@contextlib.contextmanager
-def options(shared: Any, **values: Any) -> Iterator[None]:
-    old = {key: getattr(shared.opts, key) for key in values}
-    for key, value in values.items():
-        shared.opts.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            shared.opts.set(key, value)
+from job_helpers import options_set
 
 
 @contextlib.contextmanager
@@ -60,7 +49,7 @@ def test_cheap_approximation_maps_four_latent_channels_to_rgb():
 
 def test_preview_every_n_steps_makes_an_image(clean_state):
     state = clean_state
-    with options(state_shared(), live_previews_enable=True, show_progress_every_n_steps=2,
+    with options_set(live_previews_enable=True, show_progress_every_n_steps=2,
                  show_progress_type="Approx cheap", show_progress_grid=False):
         state.current_latent = torch.randn(1, 4, 8, 8)
         state.sampling_step = 1
@@ -80,13 +69,13 @@ def test_preview_every_n_steps_makes_an_image(clean_state):
 
 def test_full_preview_decodes_with_the_vae_and_disabled_previews_make_none(clean_state):
     state = clean_state
-    with options(state_shared(), live_previews_enable=True, show_progress_every_n_steps=1, show_progress_type="Full"):
+    with options_set(live_previews_enable=True, show_progress_every_n_steps=1, show_progress_type="Full"):
         state.current_latent = torch.randn(1, 4, 8, 8)
         state.sampling_step = 1
         state.set_current_image()
         assert state.current_image.size == (64, 64)  # the VAE's 8× upscale
     state.reset()
-    with options(state_shared(), live_previews_enable=False, show_progress_every_n_steps=1):
+    with options_set(live_previews_enable=False, show_progress_every_n_steps=1):
         state.current_latent = torch.randn(1, 4, 8, 8)
         state.sampling_step = 5
         state.set_current_image()
@@ -94,7 +83,7 @@ def test_full_preview_decodes_with_the_vae_and_disabled_previews_make_none(clean
 
 
 def test_taesd_only_with_its_weight_file(serena):
-    with options(serena, show_progress_type="TAESD"):
+    with options_set(show_progress_type="TAESD"):
         path = sd_samplers_common.taesd_decoder_path()
         assert not os.path.exists(path)
         assert sd_samplers_common.preview_method() == "Approx cheap"
@@ -109,16 +98,11 @@ def test_taesd_only_with_its_weight_file(serena):
             sd_samplers_common._taesd_cache.clear()
 
 
-def state_shared() -> Any:
-    from modules import shared
-    return shared
-
-
 # --- progress payload and queue -----------------------------------------------------------------------------
 def test_progress_payload_of_a_running_job_has_a1111_fields_and_preview(clean_state):
     from modules.api import models
     task_id = call_queue.create_task_id("txt2img")
-    with options(state_shared(), live_previews_enable=True, show_progress_every_n_steps=1,
+    with options_set(live_previews_enable=True, show_progress_every_n_steps=1,
                  show_progress_type="Approx cheap"), running(task_id, clean_state):
         clean_state.job_count, clean_state.sampling_steps, clean_state.sampling_step = 1, 10, 5
         clean_state.current_latent = torch.randn(1, 4, 8, 8)

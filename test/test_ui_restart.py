@@ -22,6 +22,20 @@ def _app(credentials=None) -> FastAPI:
     return app
 
 
+def _loop(monkeypatch, make_app):
+    """A `webui.UiServer` of `make_app` at a free port, with its own command list: the browser
+    tests' loop (same process) must not restart with it. Returns (server, port, commands)."""
+    import webui
+    monkeypatch.setattr(webui, "load_extensions", lambda: None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    commands: list[str] = []
+    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app,
+                             take_command=lambda: commands.pop() if commands else None).start_background()
+    return serving, port, commands
+
+
 def test_ping_answers_empty_with_the_boot_id_behind_the_credentials():
     app = _app()
     response = TestClient(app).get("/internal/ping")
@@ -42,7 +56,6 @@ def test_without_a_serving_loop_the_restart_reloads_in_place(monkeypatch):
 
 
 def test_serving_loop_rebuilds_the_app_on_request(serena, monkeypatch):
-    import webui
     builds = []
 
     def make_app() -> FastAPI:
@@ -50,15 +63,8 @@ def test_serving_loop_rebuilds_the_app_on_request(serena, monkeypatch):
         builds.append(app.state.serena_boot)
         return app
 
-    monkeypatch.setattr(webui, "load_extensions", lambda: None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # Its own command source: the browser tests' loop (same process) must not restart with it.
-    commands: list[str] = []
     running = ui_restart.loops_running
-    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app,
-                             take_command=lambda: commands.pop() if commands else None).start_background()
+    serving, port, commands = _loop(monkeypatch, make_app)
     try:
         assert ui_restart.loop_active() and ui_restart.loops_running == running + 1
         assert "serenaRestartReload" in ui_restart.page_reload_js()
@@ -84,7 +90,6 @@ def test_restart_request_sets_the_command_the_loop_takes(monkeypatch):
 
 
 def test_a_failing_rebuild_keeps_the_current_app_serving(serena, monkeypatch):
-    import webui
     builds = []
 
     def make_app() -> FastAPI:
@@ -94,13 +99,7 @@ def test_a_failing_rebuild_keeps_the_current_app_serving(serena, monkeypatch):
         builds.append(app.state.serena_boot)
         return app
 
-    monkeypatch.setattr(webui, "load_extensions", lambda: None)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    commands: list[str] = []
-    serving = webui.UiServer("127.0.0.1", port, poll_s=0.05, make_app=make_app,
-                             take_command=lambda: commands.pop() if commands else None).start_background()
+    serving, port, commands = _loop(monkeypatch, make_app)
     try:
         commands.append("restart")
         deadline = time.monotonic() + 10

@@ -5,16 +5,15 @@ The demo checkpoint samples a 64×64 step in a few milliseconds; each step is sl
 sampler still runs every step) so that there is time to look, interrupt and reload."""
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from conftest import shot, small_txt2img
+from job_helpers import options_set
 
-from modules import shared
 from modules.shared_state import State
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,25 +57,13 @@ def slow_steps(monkeypatch) -> Iterator[SlowSteps]:
     slow.release()
 
 
-@contextlib.contextmanager
-def options(**values: Any) -> Iterator[None]:
-    old = {key: getattr(shared.opts, key) for key in values}
-    for key, value in values.items():
-        shared.opts.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            shared.opts.set(key, value)
-
-
 def start_job(page) -> None:
     small_txt2img(page, "a red cube", STEPS)
     page.locator("#txt2img_generate").click()
 
 
 def test_live_preview_appears_and_interrupt_stops_the_job(page, slow_steps):
-    with options(live_previews_enable=True, show_progress_every_n_steps=1, show_progress_type="Approx cheap"):
+    with options_set(live_previews_enable=True, show_progress_every_n_steps=1, show_progress_type="Approx cheap"):
         start_job(page)
         page.wait_for_selector("#txt2img_progress .serena-progress", timeout=30000)
         slow_steps.wait_until_held()
@@ -103,7 +90,7 @@ def test_live_preview_appears_and_interrupt_stops_the_job(page, slow_steps):
 
 
 def test_reload_mid_job_restores_progress_then_results(page, slow_steps):
-    with options(live_previews_enable=True, show_progress_every_n_steps=5, show_progress_type="Approx cheap"):
+    with options_set(live_previews_enable=True, show_progress_every_n_steps=5, show_progress_type="Approx cheap"):
         start_job(page)
         page.wait_for_selector("#txt2img_progress .serena-progress", timeout=30000)
         slow_steps.wait_until_held()
