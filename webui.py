@@ -36,7 +36,8 @@ def initialize(cmd_opts: argparse.Namespace | None = None, *, load_model: bool |
         sd_models.list_models()
 
     load_extensions()
-    skip = shared.cmd_opts.skip_load_model_at_start or getattr(shared.cmd_opts, "ui_debug_mode", False)
+    skip = shared.cmd_opts.skip_load_model_at_start or getattr(shared.cmd_opts, "ui_debug_mode", False) \
+        or getattr(shared.cmd_opts, "executor", "local") == "ray"  # the workers load it; here on first use
     if load_model if load_model is not None else not skip:
         sd_models.load_model()
 
@@ -191,7 +192,16 @@ def start(cmd_opts: argparse.Namespace) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not (cmd_opts.api_auth or cmd_opts.gradio_auth):
         print("Serena: WARNING: listening beyond this machine with no --api-auth or --gradio-auth: "
               "anyone who can reach the port can generate and change settings.")
-    if cmd_opts.nowebui:
-        serve(create_app(), host=host, port=port)
-    else:
-        UiServer(host, port).run()
+    from modules.runtime import job_service
+    from modules.api import agent_scheduler
+    service = job_service.current()  # pending jobs of the last run start now, not on the first request
+    agent_scheduler.install_callbacks(service)  # their callback_url too
+    if service.recovered:
+        print(f"Serena: {len(service.recovered)} job(s) were running when the server stopped: marked failed")
+    try:
+        if cmd_opts.nowebui:
+            serve(create_app(), host=host, port=port)
+        else:
+            UiServer(host, port).run()
+    finally:
+        job_service.shutdown()

@@ -98,7 +98,8 @@ queue_lock = FIFOLock()
 # --- task registry (A1111's modules/progress.py names) -------------------------------------------
 _registry_lock = threading.Lock()
 pending_tasks: dict[str, float] = {}
-current_task: str | None = None
+current_task: str | None = None  # the most recently started running task (A1111's name)
+running_tasks: set[str] = set()  # every running task (an executor may run several at once)
 finished_tasks: collections.OrderedDict[str, float] = collections.OrderedDict()
 
 
@@ -109,22 +110,31 @@ def create_task_id(task_type: str) -> str:
 
 
 def add_task_to_queue(id_job: str) -> None:
+    """Register a waiting task (its first registration's time keeps its place)."""
     with _registry_lock:
-        pending_tasks[id_job] = time.time()
+        pending_tasks.setdefault(id_job, time.time())
+
+
+def forget_task(id_job: str) -> None:
+    """Drop a task that will not run (a cancelled or deleted pending job)."""
+    with _registry_lock:
+        pending_tasks.pop(id_job, None)
 
 
 def start_task(id_job: str) -> None:
     global current_task
     with _registry_lock:
         current_task = id_job
+        running_tasks.add(id_job)
         pending_tasks.pop(id_job, None)
 
 
 def finish_task(id_job: str) -> None:
     global current_task
     with _registry_lock:
+        running_tasks.discard(id_job)
         if current_task == id_job:
-            current_task = None
+            current_task = next(iter(running_tasks), None)
         pending_tasks.pop(id_job, None)
         finished_tasks[id_job] = time.time()
         while len(finished_tasks) > _FINISHED_KEPT:
@@ -134,7 +144,7 @@ def finish_task(id_job: str) -> None:
 def task_status(id_job: str) -> tuple[bool, bool, bool]:
     """(active, queued, completed) for a task id, as `/internal/progress` reports them."""
     with _registry_lock:
-        return id_job == current_task, id_job in pending_tasks, id_job in finished_tasks
+        return id_job in running_tasks, id_job in pending_tasks, id_job in finished_tasks
 
 
 def queue_position(id_job: str) -> int | None:
@@ -147,32 +157,33 @@ def queue_position(id_job: str) -> int | None:
 
 
 @contextlib.contextmanager
-def queued_job(id_task: str, job: str, state: Any = None) -> Iterator[None]:
-    """Register `id_task`, wait for the FIFO lock, and mark the task running inside the block.
+def queued_job(id_task: str, job: str, lock: FIFOLock | None = queue_lock) -> Iterator[Any]:
+    """Register `id_task`, wait for the FIFO `lock`, and run the block as that task's job.
 
-    `state` (normally `shared.state`) gets `begin(job, task_id)` on entry and `end()` on exit,
-    so `/sdapi/v1/progress` describes this job while it runs and a stale interrupt flag from an
-    earlier job never reaches it.
+    Inside the block a fresh run context (`modules.runtime.context`) is current: progress and
+    cancellation belong to this job only, `shared.state` shows it, and a stale interrupt from an
+    earlier job never reaches it. Yields the context. `lock=None` runs without waiting (an
+    executor that runs jobs side by side).
     """
+    from modules.runtime import context
     add_task_to_queue(id_task)
     try:
-        queue_lock.acquire()
+        if lock is not None:
+            lock.acquire()
     except BaseException:
         with _registry_lock:
             pending_tasks.pop(id_task, None)
         raise
     try:
         start_task(id_task)
-        if state is not None:
-            state.begin(job=job, task_id=id_task)
         try:
-            yield
+            with context.job_context(id_task, job) as ctx:
+                yield ctx
         finally:
-            if state is not None:
-                state.end()
             finish_task(id_task)
     finally:
-        queue_lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def wrap_queued_call(func: Callable[..., T]) -> Callable[..., T]:
@@ -210,9 +221,8 @@ def wrap_gradio_gpu_call(func: Callable[..., T], extra_outputs: Any = None) -> C
     it), else a fresh one; `shared.state` describes the job while it runs.
     """
     def f(*args: Any, **kwargs: Any) -> T:
-        from modules import shared
         first = args[0] if args else None
         id_task = first if isinstance(first, str) and first.startswith("task(") else create_task_id("gradio")
-        with queued_job(id_task, getattr(func, "__name__", "job"), shared.state):
+        with queued_job(id_task, getattr(func, "__name__", "job")):
             return func(*args, **kwargs)
     return f

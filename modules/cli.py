@@ -1,7 +1,7 @@
 """`./webui.sh generate`: one txt2img or img2img run in-process, from a request file and/or flags.
 
 The request holds the same fields as a `/sdapi/v1/txt2img` (or, with `init_images`, `img2img`)
-request and goes through the same validation and resolution as the API (`modules.api.generation`),
+request and goes through the same validation and resolution as the API (`modules.runtime.jobs`),
 hence through `process_images` and the runner. `init_images` and `mask` may be file paths.
 Images are saved, with their infotext, to the outputs folders or to `--outdir`.
 """
@@ -142,7 +142,8 @@ def run(request: dict[str, Any], outdir: str | None = None):
     in the returned object's `saved_files`.
     """
     from modules import script_callbacks
-    from modules.api import generation, models
+    from modules.api import models
+    from modules.runtime import jobs as generation
     is_img2img = bool(request.get("init_images"))
     model = models.StableDiffusionImg2ImgProcessingAPI if is_img2img else models.StableDiffusionTxt2ImgProcessingAPI
     fields = {**request, "save_images": True}

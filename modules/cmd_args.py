@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     # server
     add("--api", action="store_true", help="serve /sdapi/v1 (always on in Serena; accepted)")
     add("--nowebui", action="store_true", help="serve the API alone (port 7861 unless --port)")
+    # job service (modules/runtime/job_service.py)
+    add("--executor", choices=("local", "ray"), default="local",
+        help="where queued jobs run: in this process (default) or on Ray worker processes")
+    add("--ray-address", type=str, default=None,
+        help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one for this server")
+    add("--ray-workers", type=int, default=1, help="Ray worker actors, one job each at a time (default 1)")
     add("--listen", action="store_true", help="bind 0.0.0.0")
     add("--port", type=int, default=None, help="port (default 7860; 7861 with --nowebui)")
     add("--server-name", type=str, default=None, help="explicit host to bind")

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from modules import call_queue, errors, folder_access, shared
 from modules.img2img_inputs import scaled_size
-from modules.api import generation
+from modules.runtime import jobs as generation
 from modules.api import models as m
 
 log = logging.getLogger("serena.img2img.batch")
@@ -333,10 +333,10 @@ def run_img2img_batch(req: m.StableDiffusionImg2ImgProcessingAPI, batch: BatchSp
     _check_scaled_sizes(folders.inputs, batch.scale_by)
     job = _prepare(req, folders, ui)
     limit = int(shared.opts.img2img_batch_show_results_limit)
-    state = shared.state
     total = None
     task_id = req.force_task_id or call_queue.create_task_id("img2img")
-    with call_queue.queued_job(task_id, "scripts_img2img", state):
+    with call_queue.queued_job(task_id, "scripts_img2img") as ctx:
+        state = ctx.state
         state.job_count = len(folders.inputs) * int(job.base.get("n_iter", 1))
         log.info("img2img batch: %d images, %d new images each", len(folders.inputs),
                  job.base.get("n_iter", 1) * job.base.get("batch_size", 1))

@@ -348,6 +348,11 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
             "api_max_body_mb": O(64, "Largest API request body, in megabytes", restrict_api=True),
             "api_max_prompt_chars": O(20000, "Longest prompt (each of prompt, negative, hires prompts) the API accepts",
                                       restrict_api=True),
+            "jobs_keep_finished": O(500, "Finished jobs kept in the job store with their result images (older ones are "
+                                         "removed)", minimum=1, maximum=1000000, restrict_api=True),
+            "agent_scheduler_enable_callbacks": O(False, "POST a job's result to its callback_url when it finishes "
+                                                         "(public addresses only unless local requests are allowed)",
+                                                  restrict_api=True),
         },
         "system": {
             "auto_launch_browser": O("Local", "Automatically open webui in browser on startup"),

@@ -55,6 +55,7 @@ from modules.processing_stages import (JobOutput, begin_batch, compute_seeds, de
 from modules.processing_validation import (MAX_HIRES_SIZE, MAX_SIZE, MIN_SIZE, NO_REFINER, validate,  # noqa: F401
                                            validate_hires, validate_img2img)
 from modules.rng import create_random_tensors, get_fixed_seed, slerp  # noqa: F401  (A1111 names)
+from modules.runtime import context
 from modules.runtime.runner import ProcessingRequest, ProcessingRunner
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class StableDiffusionProcessing:
     def save_samples(self) -> bool:
         """Whether this batch's images go to disk (never the images of a cancelled batch)."""
         opts = shared.opts
-        incomplete = shared.state.interrupted or shared.state.skipped
+        incomplete = context.active().cancel.stop_now
         return bool(opts.samples_save and not self.do_not_save_samples
                     and (getattr(opts, "save_incomplete_images", False) or not incomplete))
 

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from modules import rng, shared
+from modules.runtime import context
 from modules.processing_images import image_to_array, opt_f, sample_to_image
 from modules.processing_stages import run_hook
 
@@ -167,7 +168,7 @@ def upscale_for_hires(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor
 def sample_hr_pass(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -> torch.Tensor:
     """Upscale, crop, fresh noise from the same seeds, second img2img pass; returns decoded images."""
     from modules import processing, sd_models, sd_samplers  # A1111 names are looked up on processing
-    if shared.state.interrupted:
+    if context.active().cancel.interrupted:
         return samples
     previous = None
     if p.hr_checkpoint_info is not None:
@@ -176,7 +177,7 @@ def sample_hr_pass(p: StableDiffusionProcessingTxt2Img, samples: torch.Tensor) -
     p.is_hr_pass = True
     try:
         samples, image_conditioning = upscale_for_hires(p, samples)
-        shared.state.nextjob()
+        context.active().progress.next_job()
         ty, tx = p.truncate_y, p.truncate_x
         samples = samples[:, :, ty // 2:samples.shape[2] - (ty + 1) // 2, tx // 2:samples.shape[3] - (tx + 1) // 2]
         p.rng = rng.ImageRNG(samples.shape[1:], p.seeds, subseeds=p.subseeds, subseed_strength=p.subseed_strength,

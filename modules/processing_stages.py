@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from modules import rng, shared
+from modules.runtime import context
 from modules.processing_images import opt_C, opt_f, sample_to_image
 from modules.scripts import PostprocessBatchListArgs, PostprocessImageArgs, PostProcessMaskOverlayArgs, PostSampleArgs
 
@@ -105,7 +106,7 @@ def compute_seeds(p: StableDiffusionProcessing) -> None:
 # --- stage 7: the batch loop ----------------------------------------------------------------------
 def set_job_count(p: StableDiffusionProcessing) -> None:
     """Progress: one job per batch, two with the hires fix."""
-    state = shared.state
+    state = context.active().progress
     if state.job_count <= 0:
         state.job_count = p.n_iter
     if getattr(p, "enable_hr", False) and not state.processing_has_refined_job_count:
@@ -115,15 +116,13 @@ def set_job_count(p: StableDiffusionProcessing) -> None:
 
 def begin_batch(p: StableDiffusionProcessing, n: int) -> bool:
     """Start batch `n`: False when the job was interrupted; clears a pending skip."""
-    state = shared.state
+    ctx = context.active()
     p.iteration = n
-    if state.skipped:
-        state.skipped = False
-    if state.interrupted or state.stopping_generation:
+    ctx.cancel.skipped = False
+    if ctx.cancel.interrupted or ctx.cancel.stopping_generation:
         return False
     if p.n_iter > 1:  # as A1111: a single batch leaves the caller's job text (img2img batch: "i out of N")
-        state.job = f"Batch {n + 1} out of {p.n_iter}"
-        state.textinfo = state.job
+        ctx.progress.set_text(f"Batch {n + 1} out of {p.n_iter}")
     start, end = n * p.batch_size, (n + 1) * p.batch_size
     p.prompts, p.negative_prompts = p.all_prompts[start:end], p.all_negative_prompts[start:end]
     p.seeds, p.subseeds = p.all_seeds[start:end], p.all_subseeds[start:end]
@@ -153,7 +152,7 @@ def run_batch(p: StableDiffusionProcessing, n: int, output: JobOutput) -> None:
         p.scripts.post_sample(p, ps)
         samples = ps.samples
     x_samples = decode_batch(p, samples)
-    shared.state.nextjob()
+    context.active().progress.next_job()
     x_samples = postprocess_batch(p, n, x_samples)
     save = p.save_samples()
     for i, x_sample in enumerate(x_samples):

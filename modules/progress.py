@@ -111,7 +111,9 @@ def progress_payload(id_task: str | None, id_live_preview: int = -1, live_previe
             textinfo = f"In queue: {ahead} ahead" if ahead else "Waiting..."
         return {"active": False, "queued": queued, "completed": completed, "progress": None, "eta": None,
                 "live_preview": None, "id_live_preview": -1, "textinfo": textinfo, "queue_ahead": jobs_ahead(id_task)}
-    state = shared.state
+    from modules.runtime import context
+    ctx = context.find(id_task)
+    state = ctx.state if ctx is not None else shared.state
     fraction = state.progress()
     preview, preview_id = None, id_live_preview
     if live_preview:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from modules import prompt_parser, sd_samplers_common, shared
+from modules.runtime import context
 from modules.sd_samplers_common import InterruptedException
 
 
@@ -153,8 +154,10 @@ class CFGDenoiser(torch.nn.Module):
     # --- the step ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond: Any, cond: Any, cond_scale: float,
                 s_min_uncond: float = 0.0, image_cond: torch.Tensor | None = None) -> torch.Tensor:
-        if shared.state.interrupted or shared.state.skipped:
+        ctx = context.active()
+        if ctx.cancel.stop_now:
             raise InterruptedException
+        progress = ctx.progress
         if self.p is not None and sd_samplers_common.apply_refiner(self, sigma):
             cond, uncond = self.sampler.sampler_extra_args["cond"], self.sampler.sampler_extra_args["uncond"]
         conds_list, tensor = prompt_parser.reconstruct_multicond_batch(cond, self.step)
@@ -171,7 +174,7 @@ class CFGDenoiser(torch.nn.Module):
 
         x_in, sigma_in, image_cond_in = expand(x, x), expand(sigma, sigma), expand(image_cond, image_cond)
         params = self._hook("CFGDenoiserParams", "cfg_denoiser_callback", x_in, image_cond_in, sigma_in,
-                            shared.state.sampling_step, shared.state.sampling_steps, tensor, uncond, self)
+                            progress.sampling_step, progress.sampling_steps, tensor, uncond, self)
         if params is not None:
             x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
             tensor, uncond = params.text_cond, params.text_uncond
@@ -198,8 +201,8 @@ class CFGDenoiser(torch.nn.Module):
         first_of_image = [c[0][0] for c in conds_list]
         if skip_uncond:  # reuse the first cond output where the uncond output would be
             x_out = torch.cat([x_out, x_out[first_of_image]])
-        self._hook("CFGDenoisedParams", "cfg_denoised_callback", x_out, shared.state.sampling_step,
-                   shared.state.sampling_steps, self.inner_model)
+        self._hook("CFGDenoisedParams", "cfg_denoised_callback", x_out, progress.sampling_step,
+                   progress.sampling_steps, self.inner_model)
         if self.need_last_noise_uncond:
             self.last_noise_uncond = torch.clone(x_out[-uncond.shape[0]:])
 
@@ -208,7 +211,7 @@ class CFGDenoiser(torch.nn.Module):
         if not self.mask_before_denoising and self.mask is not None:
             denoised = self.apply_blend(denoised, sigma)
         after = self._hook("AfterCFGCallbackParams", "cfg_after_cfg_callback", denoised,
-                           shared.state.sampling_step, shared.state.sampling_steps)
+                           progress.sampling_step, progress.sampling_steps)
         if after is not None:
             denoised = after.x
         self.sampler.last_latent = self.to_x0(x, denoised, sigma)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from modules import shared
+from modules.runtime import context
 
 
 class InterruptedException(BaseException):
@@ -108,18 +109,16 @@ class Sampler:
     def callback_state(self, d: dict) -> None:
         """Per-step report: progress, live latent, and the stop/interrupt check."""
         step = int(d["i"])
-        if d.get("denoised") is not None:
-            shared.state.current_latent = d["denoised"]
-        shared.state.sampling_callback(step, self.total_sampling_steps)
-        if (self.stop_at is not None and step > self.stop_at) or shared.state.interrupted or shared.state.skipped:
+        ctx = context.active()
+        ctx.progress.step(step, self.total_sampling_steps, d.get("denoised"))
+        if (self.stop_at is not None and step > self.stop_at) or ctx.cancel.stop_now:
             raise InterruptedException
 
     def launch_sampling(self, steps: int, func: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run `func`; on interrupt/skip return the latest denoised latent (what was made so far)."""
         self.total_sampling_steps = steps
         self.model_wrap_cfg.total_steps = self.config.total_steps(steps) if self.config else steps
-        shared.state.sampling_steps = steps
-        shared.state.sampling_step = 0
+        context.active().progress.start_sampling(steps)
         try:
             return func()
         except InterruptedException:
@@ -377,4 +376,4 @@ def images_tensor_to_samples(image: torch.Tensor, approximation: int | None = No
 
 def store_latent(decoded: torch.Tensor) -> None:
     """Make `decoded` (the latest latent) the state's current latent, as A1111's samplers do."""
-    shared.state.current_latent = decoded
+    context.active().progress.current_latent = decoded

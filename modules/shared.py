@@ -18,7 +18,7 @@ from modules import cmd_args, options, paths, shared_state
 cmd_opts = cmd_args.defaults()
 data_paths: paths.DataPaths = paths.data_paths()
 opts = options.Options()
-state = shared_state.State()
+state = shared_state.StateFacade()
 OptionInfo = options.OptionInfo
 OptionHTML = options.OptionHTML
 options_section = options.options_section

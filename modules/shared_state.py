@@ -1,8 +1,10 @@
-"""Progress and cancellation of the running job, with A1111's `shared.state` fields.
+"""A1111's `shared.state`: the running job's progress and cancellation under A1111's names.
 
-The sampler loop reports through :meth:`State.sampling_callback` and checks
-:attr:`State.interrupted` / :attr:`State.skipped` between steps. The API reads :meth:`State.dict`
-from other threads; every write here is a plain attribute store, so readers never block.
+Each job has its own :class:`~modules.runtime.context.RunContext` (cancellation token, progress
+sink); :class:`State` is A1111's view of one, and :class:`StateFacade` — the object behind
+`shared.state` — resolves to the calling job's view, so extension code keeps reading
+`shared.state.interrupted` or `sampling_step` and two jobs in one process never mix. Every write is
+a plain attribute store, so readers in other threads never block.
 """
 from __future__ import annotations
 
@@ -12,71 +14,76 @@ import time
 from typing import Any
 
 
-class State:
-    """The running job's progress. One instance lives behind `shared.state`."""
+_CANCEL_FIELDS = ("interrupted", "skipped", "stopping_generation")
+_PROGRESS_FIELDS = ("job", "job_no", "job_count", "processing_has_refined_job_count", "job_timestamp",
+                    "sampling_step", "sampling_steps", "current_latent", "current_image",
+                    "current_image_sampling_step", "id_live_preview", "textinfo", "time_start")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+
+def _forward(part: str, name: str) -> property:
+    return property(lambda self: getattr(getattr(self._ctx, part), name),
+                    lambda self, value: setattr(getattr(self._ctx, part), name, value),
+                    doc=f"A1111's `state.{name}`: `RunContext.{part}.{name}`.")
+
+
+class State:
+    """A1111's `shared.state` fields and methods for one job: a view of a
+    :class:`~modules.runtime.context.RunContext` (cancellation token and progress sink)."""
+
+    def __init__(self, ctx: Any = None) -> None:
+        from modules.runtime import context
+        self._ctx = ctx if ctx is not None else context.RunContext(job="")
         self._preview_lock = threading.Lock()
-        self.server_start = time.time()
-        self.reset()
+
+    for _name in _CANCEL_FIELDS:
+        locals()[_name] = _forward("cancel", _name)
+    for _name in _PROGRESS_FIELDS:
+        locals()[_name] = _forward("progress", _name)
+    del _name
+
+    @property
+    def context(self) -> Any:
+        return self._ctx
+
+    @property
+    def task_id(self) -> str | None:
+        return self._ctx.task_id
+
+    @task_id.setter
+    def task_id(self, value: str | None) -> None:
+        self._ctx.task_id = value
 
     def reset(self) -> None:
-        self.skipped = False
-        self.interrupted = False
-        self.stopping_generation = False
-        self.job = ""
-        self.job_no = 0
-        self.job_count = 0
-        self.processing_has_refined_job_count = False
-        self.job_timestamp = "0"
-        self.sampling_step = 0
-        self.sampling_steps = 0
-        self.current_latent = None
-        self.current_image = None
-        self.current_image_sampling_step = 0
-        self.id_live_preview = 0
-        self.textinfo: str | None = None
-        self.time_start: float | None = None
-        self.task_id: str | None = None
+        self._ctx.cancel.__init__()
+        self._ctx.progress.reset()
 
     # --- control -----------------------------------------------------------------------------
     def interrupt(self) -> None:
-        self.interrupted = True
+        self._ctx.cancel.interrupt()
 
     def skip(self) -> None:
-        self.skipped = True
+        self._ctx.cancel.skip()
 
     def stop_generating(self) -> None:
-        self.stopping_generation = True
+        self._ctx.cancel.stop_generating()
 
     # --- lifecycle ---------------------------------------------------------------------------
     def begin(self, job: str = "(unknown)", task_id: str | None = None) -> None:
         self.reset()
         self.job = job
-        self.task_id = task_id
+        if task_id is not None:
+            self.task_id = task_id
         self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
         self.time_start = time.time()
 
     def end(self) -> None:
         self.job = ""
         self.job_count = 0
-        self.task_id = None
         self.current_latent = None
         self.current_image = None
 
     def nextjob(self) -> None:
-        self.job_no += 1
-        self.sampling_step = 0
-        self.current_image_sampling_step = 0
-
-    # --- A1111 names extensions call --------------------------------------------------------------
-    need_restart = False
-    server_command: str | None = None
-
-    def request_restart(self) -> None:
-        self.interrupt()
-        self.server_command = "restart"
+        self._ctx.progress.next_job()
 
     def assign_current_image(self, image: Any) -> None:
         """Make `image` the live preview."""
@@ -121,17 +128,11 @@ class State:
 
     def sampling_callback(self, step: int, total: int) -> None:
         """Record that sampling step `step` (0-based) of `total` finished."""
-        self.sampling_step = step + 1
-        self.sampling_steps = total
+        self._ctx.progress.step(step, total)
 
     def progress(self) -> float:
         """A1111's progress formula (spec §1.5)."""
-        if self.job_count <= 0:
-            return 0.0
-        value = 0.01 + self.job_no / self.job_count
-        if self.sampling_steps > 0:
-            value += (self.sampling_step / self.sampling_steps) / self.job_count
-        return min(value, 1.0)
+        return self._ctx.progress.fraction()
 
     def dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +146,70 @@ class State:
             "sampling_step": self.sampling_step,
             "sampling_steps": self.sampling_steps,
         }
+
+
+class StateFacade:
+    """`shared.state`: A1111's one global state object, resolved per job. Inside a job it is that
+    job's :class:`State`; from any other thread it shows the most recently started running job (the
+    progress routes, extensions' own routes), or an idle state when nothing runs. `interrupt`,
+    `skip` and `stop_generating` from outside a job reach every running job. What belongs to the
+    process — `server_start`, `server_command`, `need_restart`, `lock` — lives here."""
+
+    _OWN = frozenset({"server_start", "server_command", "need_restart", "lock"})
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "lock", threading.Lock())
+        object.__setattr__(self, "server_start", time.time())
+        object.__setattr__(self, "server_command", None)
+        object.__setattr__(self, "need_restart", False)
+
+    @staticmethod
+    def target() -> State:
+        """The :class:`State` this facade stands for in the calling thread right now."""
+        from modules.runtime import context
+        ctx = context.current() or context.front() or context.idle()
+        return ctx.state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.target(), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.target(), name)
+
+    # The fields are data descriptors here too (not only reached through __getattr__), so tools that
+    # patch and restore attributes (pytest's monkeypatch) put the old value back on the job's state.
+    for _name in _CANCEL_FIELDS + _PROGRESS_FIELDS + ("task_id",):
+        locals()[_name] = property(
+            lambda self, _n=_name: getattr(StateFacade.target(), _n),
+            lambda self, value, _n=_name: setattr(StateFacade.target(), _n, value))
+    del _name
+
+    def _control(self, kind: str) -> None:
+        from modules.runtime import context
+        ctx = context.current()
+        if ctx is not None:
+            getattr(ctx.cancel, kind)()
+        else:
+            context.cancel_all(kind)
+
+    def interrupt(self) -> None:
+        self._control("interrupt")
+
+    def skip(self) -> None:
+        self._control("skip")
+
+    def stop_generating(self) -> None:
+        self._control("stop_generating")
+
+    def request_restart(self) -> None:
+        self.interrupt()
+        self.server_command = "restart"
 
 
 class TotalTQDM:

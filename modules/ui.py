@@ -1,7 +1,7 @@
 """The browser UI: A1111's txt2img / img2img / PNG Info tabs and checkpoint dropdown, in Gradio 6.
 
 Only layout and wiring live here; what each control does is in `modules.ui_handlers`, where every
-generation becomes an API request and runs through `modules.api.generation` (the one path to
+generation becomes an API request and runs through `modules.runtime.jobs` (the one path to
 `processing.process_images`). `webui.create_app()` calls :func:`mount` last, after the
 `/sdapi/v1` routes exist, because routes added after a Gradio mount at "/" are shadowed.
 """

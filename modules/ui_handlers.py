@@ -1,9 +1,10 @@
 """What the browser UI's controls do, kept apart from the layout (`modules.ui`) so tests call them.
 
 Every generation takes the API's road: the UI's values become the API's pydantic request
-(`StableDiffusionTxt2ImgProcessingAPI` / `StableDiffusionImg2ImgProcessingAPI`), and
-`modules.api.generation.run_txt2img` / `run_img2img` queue it behind the one FIFO lock and call
-`processing.process_images`. Domain errors (`errors.SerenaError`) reach the browser as `gr.Error`
+(`StableDiffusionTxt2ImgProcessingAPI` / `StableDiffusionImg2ImgProcessingAPI`), run as a job of
+the one queue (`modules.runtime.job_service.run_request`, as the API's jobs), which builds `p` and
+calls `processing.process_images` wherever the executor runs it. An img2img batch over folders
+runs in this process behind the same FIFO lock. Domain errors (`errors.SerenaError`) reach the browser as `gr.Error`
 with their message; nothing here prints and swallows.
 """
 from __future__ import annotations
@@ -225,8 +226,16 @@ def present(processed: Any, seconds: float) -> GenerationOutput:
     return GenerationOutput(images, shown, infotexts, status, info)
 
 
+def _queued_job(kind: str, request: Any) -> Any:
+    """Run the tab's request as a job of the one queue (the job service, as the API's jobs) and
+    return its `Processed` (or, when it ran in another process, a view of it)."""
+    from modules.runtime import job_service, jobs
+    _, output = job_service.run_request(kind, request, source="ui")
+    return jobs.processed_of(output)
+
+
 def _run(run: Callable[[Any], Any], request: Any) -> GenerationOutput:
-    """Call `generation.run_txt2img` / `run_img2img` and present what it returns."""
+    """Call `run(request)` (a queued job, or an img2img batch) and present what it returns."""
     started = time.perf_counter()
     with user_errors():
         processed = run(request)
@@ -278,24 +287,22 @@ def script_fields(is_img2img: bool, script_values: Sequence[Any],
 
 def generate_txt2img(values: Mapping[str, Any], task_id: str | None = None, script_values: Sequence[Any] = (),
                      layout: Sequence[ScriptSlot] | None = None) -> GenerationOutput:
-    """Run the txt2img tab's values (and its scripts' values) through `generation.run_txt2img`."""
-    from modules.api import generation
+    """Run the txt2img tab's values (and its scripts' values) as a queued job."""
     request = txt2img_request(values, task_id)
     request = request.model_copy(update=script_fields(False, script_values, layout))
-    return _run(functools.partial(generation.run_txt2img, ui=True), request)
+    return _run(functools.partial(_queued_job, "txt2img"), request)
 
 
 def generate_img2img(values: Mapping[str, Any], task_id: str | None = None, script_values: Sequence[Any] = (),
                      layout: Sequence[ScriptSlot] | None = None) -> GenerationOutput:
-    """Run the img2img tab's values (and its scripts' values) through `generation.run_img2img`."""
-    from modules.api import generation
+    """Run the img2img tab's values (and its scripts' values) as a queued job (a batch: in process)."""
     request = img2img_request(values, task_id)
     request = request.model_copy(update=script_fields(True, script_values, layout))
     if int(values.get("img2img_mode") or 0) == img2img_inputs.BATCH:
         from modules import img2img_batch
         spec = batch_spec(values)
         return _run(lambda req: img2img_batch.run_img2img_batch(req, spec, ui=True), request)
-    return _run(functools.partial(generation.run_img2img, ui=True), request)
+    return _run(functools.partial(_queued_job, "img2img"), request)
 
 
 def txt2img(task_id: str | None, *values: Any, layout: Sequence[ScriptSlot] | None = None
@@ -424,7 +431,7 @@ def fields_from_infotext(text: str | None) -> dict[str, Any]:
     Values that do not parse, and a sampler or scheduler Serena does not know, are left out.
     """
     from modules import infotext_utils, sd_samplers
-    from modules.api import generation
+    from modules.runtime import jobs as generation
     if not text:
         return {}
     params = infotext_utils.parse_generation_parameters(text)

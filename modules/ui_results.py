@@ -177,7 +177,7 @@ def wire_send(button: Any, target: SendTarget, tabs: gr.Tabs, inputs: list[Any],
 # --- folders ------------------------------------------------------------------------------------------------
 def output_folder(kind: str) -> str:
     """The folder this tab's images are saved in (the UI's choice: `generation.output_folders`)."""
-    from modules.api import generation
+    from modules.runtime import jobs as generation
     folder = generation.output_folders(kind, None, ui=True)[0]
     return folder if os.path.isabs(folder) else os.path.join(shared.data_paths.data_path, folder)
 

@@ -214,7 +214,7 @@ def apply_settings(values: dict[str, Any], *, config_file: str | None = None) ->
         (changed keys, error messages, restart/reload notes).
     """
     from modules import call_queue
-    from modules.api.generation import check_option_value
+    from modules.runtime.jobs import check_option_value
     opts = shared.opts
     changed: list[str] = []
     problems: list[str] = []

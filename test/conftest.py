@@ -19,7 +19,7 @@ import torch  # noqa: E402
 TORCH_THREADS = 1
 torch.set_num_threads(TORCH_THREADS)
 
-TEST_FLAGS = ["--use-cpu", "all", "--no-half"]
+from serena_flags import TEST_FLAGS  # noqa: E402,F401  (one list for every runtime the suite starts)
 
 
 @pytest.fixture(scope="session")

@@ -48,3 +48,58 @@ def empty_folder(path: str) -> Iterator[str]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+# --- golden requests and queued jobs (job service, Ray executor, job APIs) ------------------------------------
+def golden_request(name: str) -> dict:
+    """The golden request `name` (test/golden/requests), images inlined as base64."""
+    from golden import harness
+    return harness.load_request(name)
+
+
+def golden_bytes(name: str) -> list[bytes]:
+    """The expected PNG files of golden request `name`, in image order."""
+    from golden import harness
+    out = []
+    for path in harness.expected_files(name):
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
+
+
+def prepared(kind: str, fields: dict) -> dict:
+    """`fields` resolved as a job service stores a request (`jobs.prepare`), as JSON."""
+    from modules.runtime import jobs
+    return jobs.prepare(kind, jobs.request_model(kind, fields)).model_dump(mode="json")
+
+
+def record_runner_calls(monkeypatch) -> list:
+    """Every `ProcessingRunner.run` call from now on (the real method still runs)."""
+    from modules.runtime.runner import ProcessingRunner
+    calls: list = []
+    original = ProcessingRunner.run
+
+    def run(self, request):
+        calls.append(request)
+        return original(self, request)
+
+    monkeypatch.setattr(ProcessingRunner, "run", run)
+    return calls
+
+
+def read_events(response) -> "Iterator[tuple[str, object]]":
+    """(event, decoded JSON data) of each Server-Sent Event of a streaming httpx response; comments
+    (keep-alives) skipped."""
+    import json
+    name, data = None, []
+    for line in response.iter_lines():
+        if line == "":
+            if name is not None or data:
+                yield name or "message", json.loads("\n".join(data)) if data else None
+            name, data = None, []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip(" "))

@@ -205,7 +205,7 @@ def test_photo_orientation_is_applied_before_resize_by(serena, folder, clean_sta
 
 def test_png_info_values_as_a1111_applies_them(serena, folder):
     from modules import img2img_batch, sd_models
-    from modules.api import generation
+    from modules.runtime import jobs as generation
     from modules.processing import StableDiffusionProcessingImg2Img
     args = generation.processing_args(request(), StableDiffusionProcessingImg2Img)
     loaded = sd_models.model_data.get_sd_model().sd_checkpoint_info

@@ -98,9 +98,11 @@ def test_firstphase_size_makes_width_height_the_target():
 
 
 def test_progress_counts_two_jobs_per_batch():
-    shared.state.begin("hires")
-    run(n_iter=2)
-    assert shared.state.job_count == 4 and shared.state.job_no == 4
+    from modules.runtime import context
+    with context.job_context(job="hires") as ctx:
+        run(n_iter=2)
+        assert shared.state.job_count == 4 and shared.state.job_no == 4
+    assert (ctx.progress.job_count, ctx.progress.job_no) == (4, 4)
 
 
 def test_hires_checkpoint_is_used_for_the_second_pass_then_restored():

@@ -278,14 +278,14 @@ def test_cfg_denoiser_hook_sees_each_step():
 # --- progress and interruption -------------------------------------------------------------------------
 
 def test_progress_reported_per_step():
+    from modules.runtime import context
     seen = []
-    orig = shared.state.sampling_callback
-    shared.state.sampling_callback = lambda i, total: (seen.append((i, total)), orig(i, total))
+    unsubscribe = context.active().progress.subscribe(lambda e: seen.append((e.kind, e.step, e.steps)))
     try:
         run("Euler", steps=4)
     finally:
-        del shared.state.sampling_callback
-    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+        unsubscribe()
+    assert seen == [("step", 1, 4), ("step", 2, 4), ("step", 3, 4), ("step", 4, 4)]
     assert shared.state.current_latent is not None and shared.state.sampling_step == 4
 
 

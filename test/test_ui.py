@@ -1,7 +1,7 @@
 """The Gradio UI: mounting beside `/sdapi/v1`, and the handlers behind its buttons.
 
 Handlers are called directly with the values the page would send; generation runs on the demo
-checkpoint (64×64, 2 steps) through the API's path (`modules.api.generation`).
+checkpoint (64×64, 2 steps) through the API's path (`modules.runtime.jobs`).
 """
 from __future__ import annotations
 

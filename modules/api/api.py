@@ -9,6 +9,7 @@ and never block. Errors are raised as `modules.errors` exceptions; `modules.api.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import inspect
@@ -21,7 +22,9 @@ import anyio
 from fastapi import APIRouter, Body, Depends, FastAPI
 
 from modules import call_queue, errors, shared
-from modules.api import generation, image_io
+from modules.api import image_io
+from modules.runtime import job_service
+from modules.runtime import jobs as generation
 from modules.api import models as m
 from modules.api.strict_json import StrictJSONRoute
 
@@ -134,35 +137,26 @@ class Api:
         return await self._in_job_thread(self.img2img, img2imgreq)
 
     def text2img(self, req: m.StableDiffusionTxt2ImgProcessingAPI) -> m.TextToImageResponse:
-        """Blocking txt2img: run the request (queued) and map the `Processed` to A1111's response."""
-        req = generation.apply_infotext(req, is_img2img=False)
-        processed = generation.run_txt2img(req)
-        return m.TextToImageResponse(images=self._encode_images(processed, req.send_images),
-                                     parameters=req.model_dump(), info=processed.js())
+        """Blocking txt2img: submit to the job service and wait; A1111's response."""
+        req, output = job_service.run_request("txt2img", req, source="sdapi")
+        return m.TextToImageResponse(images=self._encode_images(output, req.send_images),
+                                     parameters=req.model_dump(), info=output.info)
 
     def img2img(self, req: m.StableDiffusionImg2ImgProcessingAPI) -> m.ImageToImageResponse:
         """Blocking img2img; init images and mask are echoed only with `include_init_images`."""
-        if req.init_images is not None:
-            req = generation.apply_infotext(req, is_img2img=True)
-        processed = generation.run_img2img(req)
+        req, output = job_service.run_request("img2img", req, source="sdapi")
         parameters = req.model_dump()
         if not req.include_init_images:
             parameters["init_images"] = None
             parameters["mask"] = None
-        return m.ImageToImageResponse(images=self._encode_images(processed, req.send_images),
-                                      parameters=parameters, info=processed.js())
+        return m.ImageToImageResponse(images=self._encode_images(output, req.send_images),
+                                      parameters=parameters, info=output.info)
 
     @staticmethod
-    def _encode_images(processed: Any, send_images: bool) -> list[str]:
+    def _encode_images(output: Any, send_images: bool) -> list[str]:
         if not send_images:
             return []
-        infotexts = list(getattr(processed, "infotexts", None) or [])
-        out = []
-        for i, image in enumerate(processed.images):
-            if "parameters" not in image.info and i < len(infotexts) and shared.opts.enable_pnginfo:
-                image.info["parameters"] = infotexts[i]
-            out.append(image_io.encode_pil_to_base64(image))
-        return out
+        return [base64.b64encode(data).decode("ascii") for data in output.images]
 
     # --- extras, png-info, interrogate -------------------------------------------------------------------
     async def extras_single_image_api(self, req: m.ExtrasSingleImageRequest) -> m.ExtrasSingleImageResponse:

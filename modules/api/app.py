@@ -282,6 +282,7 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
         cmd_opts: parsed flags; reads `api_auth` (else `gradio_auth`), `api_log`,
             `cors_allow_origins[_regex]`, `api_server_stop`, `subpath`.
     """
+    from modules.api import agent_scheduler, jobs_api
     from modules.api.api import Api
     from modules.api.docs import add_docs_routes
 
@@ -301,6 +302,8 @@ def build_app(cmd_opts: argparse.Namespace) -> FastAPI:
     auth = make_auth_dependency(app.state.serena_credentials) if credentials else None
     guarded = [Depends(auth)] if auth else []
     Api(app, cmd_opts=cmd_opts, auth=auth)
+    agent_scheduler.add_routes(app, guarded)  # the sd-webui-agent-scheduler routes, on the job service
+    jobs_api.add_routes(app, guarded)  # Serena's own job API (/serena/v1/jobs, with SSE)
     add_docs_routes(app, guarded)
     add_method_not_allowed_routes(app, guarded)
 

@@ -156,3 +156,11 @@ def encode_pil_to_base64(image: Image.Image, fmt: str | None = None) -> str:
     from modules import infotext_utils
     data = infotext_utils.image_to_bytes(image, fmt or shared.opts.samples_format, None)
     return base64.b64encode(data).decode("ascii")
+
+
+_MEDIA_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def media_type(name: str) -> str:
+    """The media type of an image file the API serves (a job's result), from its extension."""
+    return _MEDIA_TYPES.get(name.rsplit(".", 1)[-1].lower(), "application/octet-stream")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modules import call_queue, shared_state
+from modules import call_queue, shared
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,14 +70,16 @@ def test_fifo_lock_is_reentrant_for_its_holder_only():
 
 
 def test_queued_job_registers_and_begins_state():
-    state = shared_state.State()
-    state.interrupted = True  # a stale interrupt from before this job
+    shared.state.interrupt()  # a stale interrupt from before this job (nothing runs: the idle state)
     seen = {}
-    with call_queue.queued_job("task(test-AAAAAAA)", "job", state):
+    with call_queue.queued_job("task(test-AAAAAAA)", "job") as ctx:
         seen["status"] = call_queue.task_status("task(test-AAAAAAA)")
-        seen["interrupted"] = state.interrupted
-        seen["task_id"] = state.task_id
-    assert seen == {"status": (True, False, False), "interrupted": False, "task_id": "task(test-AAAAAAA)"}
+        seen["interrupted"] = shared.state.interrupted
+        seen["task_id"] = shared.state.task_id
+        seen["own"] = shared.state.context is ctx
+    shared.state.reset()
+    assert seen == {"status": (True, False, False), "interrupted": False, "task_id": "task(test-AAAAAAA)",
+                    "own": True}
     assert call_queue.task_status("task(test-AAAAAAA)") == (False, False, True)
 
 

@@ -125,7 +125,7 @@ BROKEN = """
     import a_module_serena_does_not_have  # noqa: F401
 """
 
-TEST_FLAGS = ["--use-cpu", "all", "--no-half"]  # as test/conftest.py's session runtime
+from serena_flags import TEST_FLAGS  # noqa: E402  (as test/conftest.py's session runtime)
 
 BASE = {"prompt": "a red cube", "seed": 7, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler",
         "override_settings": {"add_version_to_infotext": False}}

@@ -170,7 +170,8 @@ def test_override_settings_cannot_change_restricted_options(client, api_runtime)
     """A1111 applies overrides with `opts.set(is_api=True)`: restrict_api options are ignored, so a
     request cannot switch on URL fetching (or drop the local-address guard) for its own job."""
     from modules import processing
-    from modules.api import generation, models
+    from modules.api import models
+    from modules.runtime import jobs as generation
     restricted = {"api_enable_requests": True, "api_forbid_local_requests": False, "api_useragent": "x"}
     req = models.StableDiffusionTxt2ImgProcessingAPI(override_settings={**restricted, "CLIP_stop_at_last_layers": 2})
     args = generation.processing_args(req, processing.StableDiffusionProcessingTxt2Img)
@@ -283,7 +284,7 @@ def test_unload_and_reload_checkpoint(client):
 
 def test_output_folders_per_front_end(api_runtime, clean_opts):
     """API: the per-tab folders; UI: the general folders win when set (A1111); CLI --outdir: both."""
-    from modules.api import generation
+    from modules.runtime import jobs as generation
     clean_opts.data.update(outdir_samples="all-samples", outdir_grids="all-grids")
     per_tab = (clean_opts.outdir_txt2img_samples, clean_opts.outdir_txt2img_grids)
     assert generation.output_folders("txt2img", None, ui=False) == per_tab

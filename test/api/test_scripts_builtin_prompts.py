@@ -11,8 +11,8 @@ import json
 import pytest
 
 from api_helpers import API, TXT2IMG_BASE, decode, same_pixels
+from job_helpers import record_runner_calls
 from modules import scripts
-from modules.runtime.runner import ProcessingRunner
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -34,15 +34,7 @@ def infotext_prompt(infotext: str) -> str:
 @pytest.fixture()
 def runner_calls(monkeypatch) -> list:
     """Each `ProcessingRunner.run` call (the real method still runs)."""
-    calls: list = []
-    original = ProcessingRunner.run
-
-    def run(self, request):
-        calls.append(request)
-        return original(self, request)
-
-    monkeypatch.setattr(ProcessingRunner, "run", run)
-    return calls
+    return record_runner_calls(monkeypatch)
 
 
 # --- Prompt matrix ------------------------------------------------------------------------------------

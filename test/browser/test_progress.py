@@ -14,7 +14,7 @@ import pytest
 from conftest import shot, small_txt2img
 from job_helpers import options_set
 
-from modules.shared_state import State
+from modules.runtime.context import ProgressSink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 30
@@ -43,16 +43,16 @@ class SlowSteps:
 @pytest.fixture()
 def slow_steps(monkeypatch) -> Iterator[SlowSteps]:
     slow = SlowSteps()
-    original = State.sampling_callback
+    original = ProgressSink.step
 
-    def slowed(self: State, step: int, total: int) -> None:
-        original(self, step, total)
+    def slowed(self: ProgressSink, step: int, total: int, latent=None) -> None:
+        original(self, step, total, latent)
         slow.done.append(step + 1)
         time.sleep(STEP_DELAY_S)
         if step + 1 == HOLD_AT:
             slow.gate.wait(60)
 
-    monkeypatch.setattr(State, "sampling_callback", slowed)
+    monkeypatch.setattr(ProgressSink, "step", slowed)
     yield slow
     slow.release()
 

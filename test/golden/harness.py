@@ -2,7 +2,7 @@
 
 Each `requests/NAME.json` holds `/sdapi/v1/txt2img` fields (img2img when it has `init_images`;
 image fields may be paths relative to this folder). Its images are rendered through the same
-path as the CLI and the API (`modules.api.generation` → `process_images`), encoded as PNG with
+path as the CLI and the API (`modules.runtime.jobs` → `process_images`), encoded as PNG with
 their infotext, and compared with `expected/NAME-<i>.png`.
 
 The requests turn `add_version_to_infotext` off: the Version field changes with every release
@@ -133,7 +133,8 @@ def render(name: str) -> list[bytes]:
     """PNG bytes (with infotext) of every image the request `name` returns, in order. Requests
     named `extras-*` are `/sdapi/v1/extra-single-image` requests (the PNG holds the extras infotext)."""
     from modules import infotext_utils
-    from modules.api import generation, models
+    from modules.api import models
+    from modules.runtime import jobs as generation
     request = load_request(name)
     if name.startswith("extras-"):
         return [render_extras(request, files=demo_files(name))]

@@ -65,7 +65,12 @@ def test_same_request_in_two_processes_gives_identical_bytes():
     root = os.path.dirname(os.path.dirname(harness.HERE))
     code = RENDER_IN_SUBPROCESS.format(root=root, test=os.path.dirname(harness.HERE), golden=harness.HERE, name=name)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    digests = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                              timeout=240, check=True).stdout.strip().splitlines()[-1] for _ in range(2)]
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(2)]  # side by side: one core each
+    digests = []
+    for run in runs:
+        out, err = run.communicate(timeout=240)
+        assert run.returncode == 0, err[-2000:]
+        digests.append(out.strip().splitlines()[-1])
     expected = hashlib.sha256(b"".join(open(p, "rb").read() for p in harness.expected_files(name))).hexdigest()
     assert digests[0] == digests[1] == expected

@@ -1,7 +1,9 @@
 """Contract test of the execution surface (M10): every generation runs through ProcessingRunner.run.
 
 The runner is instrumented (its `run` wrapped by a recorder that calls the real method), never
-replaced, except in (a) where the inner function is swapped to prove plain delegation.
+replaced, except in (a) where the inner function is swapped to prove plain delegation. (e) covers
+the job service's front ends (Serena's job API, the agent-scheduler routes); a job run by a Ray
+worker is counted inside the worker in `test/test_ray_executor.py`.
 """
 from __future__ import annotations
 
@@ -273,3 +275,62 @@ def test_script_run_reaches_the_runner_once_per_process_images_call(http_server,
     assert recorder.count == 3
     assert [q.processing.seed for q in recorder.requests] == [8, 9, 10]
     assert len(r.json()["images"]) == 3
+
+
+# (e) the job service's front ends: queued jobs reach the runner once, with golden bytes --------------------
+def _golden(name: str) -> tuple[dict, list[bytes]]:
+    import sys
+    sys.path.insert(0, os.path.dirname(HERE))
+    from golden import harness
+    request = harness.load_request(name)
+    expected = []
+    for path in harness.expected_files(name):
+        with open(path, "rb") as f:
+            expected.append(f.read())
+    return request, expected
+
+
+def _poll_done(get, timeout: float = 120.0) -> dict:
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = get()
+        if body["status"] in ("done", "failed", "interrupted"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"job not finished: {body}")
+
+
+@pytest.fixture()
+def golden_defaults(serena):
+    import sys
+    sys.path.insert(0, os.path.dirname(HERE))
+    from golden import harness
+    with harness.default_options():
+        yield
+
+
+def test_a_job_through_the_serena_job_api_reaches_the_runner_once(http_server, recorder, golden_defaults):
+    import requests
+    request, expected = _golden("txt2img-euler-64")
+    r = requests.post(f"{http_server}/serena/v1/jobs", json={"kind": "txt2img", "request": request}, timeout=60)
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    body = _poll_done(lambda: requests.get(f"{http_server}/serena/v1/jobs/{job}", timeout=30).json())
+    assert body["status"] == "done"
+    image = requests.get(f"{http_server}/serena/v1/jobs/{job}/results/0", timeout=30).content
+    assert recorder.count == 1
+    assert [image] == expected
+
+
+def test_a_job_through_the_agent_scheduler_routes_reaches_the_runner_once(http_server, recorder, golden_defaults):
+    import requests
+    request, expected = _golden("txt2img-euler-64")
+    r = requests.post(f"{http_server}/agent-scheduler/v1/queue/txt2img", json=request, timeout=60)
+    assert r.status_code == 200, r.text
+    task = r.json()["task_id"]
+    _poll_done(lambda: requests.get(f"{http_server}/agent-scheduler/v1/task/{task}", timeout=30).json()["data"])
+    results = requests.get(f"{http_server}/agent-scheduler/v1/task/{task}/results", timeout=30).json()
+    assert recorder.count == 1
+    images = [base64.b64decode(item["image"].split(",", 1)[1]) for item in results["data"]]
+    assert images == expected

@@ -1,17 +1,19 @@
-"""From an API request to a finished job: the one path every generation takes (API, UI, CLI).
+"""From a request to a finished job: the one path every generation takes (API, UI, CLI, job service).
 
-`run_txt2img(req)` / `run_img2img(req)` resolve a validated request model in A1111's order
+`prepare(kind, req)` resolves a request once (infotext) and refuses what cannot run; `execute`
+runs a stored job for the job service and its executors. `run_txt2img(req)` / `run_img2img(req)` resolve a validated request model in A1111's order
 (spec §1.3: infotext, selectable script, sampler and scheduler, save flags, API-only keys removed,
 script-args array), refuse what the request limits forbid, then wait for the FIFO queue, build
 the `StableDiffusionProcessing*` object and run it through the selected script's `run` or
 `processing.process_images`. They return the `Processed`; mapping it to HTTP is `modules.api.api`'s.
+The request models stay in `modules.api.models` (A1111's import path for extensions).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import math
-from typing import Any
+from typing import Any, Callable
 
 from modules import call_queue, errors, options, shared
 from modules.api import image_io
@@ -298,43 +300,182 @@ def processing_args(req: m._ProcessingFields, cls: type) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k in accepted}
 
 
-def run_txt2img(req: m.StableDiffusionTxt2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False) -> Any:
+def run_txt2img(req: m.StableDiffusionTxt2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False,
+                prepared: bool = False, **queue: Any) -> Any:
     """Run a txt2img request queued; returns the `Processed` (images saved to `outdir` if given).
 
     `ui=True` marks a browser-UI job: `p.is_api` is False and the general output folders
     (`outdir_samples`, `outdir_grids`) win over the per-tab ones, as in A1111's UI.
+    `prepared=True`: the request already went through :func:`prepare` (infotext applied once).
+    `queue`: `task_id`, `lock`, `on_start` as for :func:`run`.
     """
     from modules import processing
-    req = apply_infotext(req, is_img2img=False)
+    if not prepared:
+        req = apply_infotext(req, is_img2img=False)
     args = processing_args(req, processing.StableDiffusionProcessingTxt2Img)
     if req.firstphase_width and req.firstphase_height:  # legacy hires: width/height are the target
         args.update(hr_resize_x=req.width, hr_resize_y=req.height, width=req.firstphase_width,
                     height=req.firstphase_height, firstphase_width=0, firstphase_height=0)
-    return run(req, processing.StableDiffusionProcessingTxt2Img, args, "txt2img", outdir=outdir, ui=ui)
+    return run(req, processing.StableDiffusionProcessingTxt2Img, args, "txt2img", outdir=outdir, ui=ui, **queue)
 
 
-def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False) -> Any:
+def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None = None, *, ui: bool = False,
+                prepared: bool = False, **queue: Any) -> Any:
     """Run an img2img request queued (init images and mask decoded first); returns the `Processed`.
 
-    `outdir` and `ui` as for :func:`run_txt2img`.
+    `outdir`, `ui`, `prepared` and `queue` as for :func:`run_txt2img`.
 
     Raises:
         errors.NotFound: `init_images` is null ("Init image not found", as A1111).
         errors.InvalidParameter / errors.InvalidImage: more init images than batch_size, bad images.
     """
     from modules import processing
-    if req.init_images is None:
-        raise errors.NotFound("Init image not found", field="init_images")
-    req = apply_infotext(req, is_img2img=True)
-    if len(req.init_images) > 1 and len(req.init_images) > req.batch_size:
-        raise errors.InvalidParameter(
-            f"{len(req.init_images)} init_images but batch_size is {req.batch_size}", field="init_images")
+    if not prepared:
+        req = prepare("img2img", req)
     args = processing_args(req, processing.StableDiffusionProcessingImg2Img)
     args["init_images"] = [image_io.decode_base64_to_image(x, f"init_images[{i}]") for i, x in enumerate(req.init_images)]
     args["mask"] = image_io.decode_base64_to_image(req.mask, "mask") if req.mask else None
     if req.mask_blur is not None:
         args["mask_blur_x"] = args["mask_blur_y"] = req.mask_blur
-    return run(req, processing.StableDiffusionProcessingImg2Img, args, "img2img", outdir=outdir, ui=ui)
+    return run(req, processing.StableDiffusionProcessingImg2Img, args, "img2img", outdir=outdir, ui=ui, **queue)
+
+
+REQUEST_MODELS = {"txt2img": m.StableDiffusionTxt2ImgProcessingAPI, "img2img": m.StableDiffusionImg2ImgProcessingAPI}
+
+
+def prepare(kind: str, req: m._ProcessingFields) -> m._ProcessingFields:
+    """The request resolved once, at submission: infotext applied, and everything that can be
+    refused before the job runs checked now (limits, sampler, options, scripts, images), so a job
+    service refuses a bad request with a 4xx instead of queueing a job that fails. Returns the
+    resolved request; run it with `prepared=True`.
+
+    Raises:
+        errors.NotFound: an img2img request without `init_images`.
+        errors.InvalidParameter (and subclasses): what :func:`processing_args` and
+            :func:`build_script_args` refuse, images that do not decode.
+    """
+    from modules import processing
+    is_img2img = kind == "img2img"
+    if is_img2img and req.init_images is None:
+        raise errors.NotFound("Init image not found", field="init_images")
+    req = apply_infotext(req, is_img2img=is_img2img)
+    if is_img2img:
+        if len(req.init_images) > 1 and len(req.init_images) > req.batch_size:
+            raise errors.InvalidParameter(
+                f"{len(req.init_images)} init_images but batch_size is {req.batch_size}", field="init_images")
+        for i, x in enumerate(req.init_images):
+            image_io.decode_base64_to_image(x, f"init_images[{i}]")
+        if req.mask:
+            image_io.decode_base64_to_image(req.mask, "mask")
+    cls = processing.StableDiffusionProcessingImg2Img if is_img2img else processing.StableDiffusionProcessingTxt2Img
+    processing_args(req, cls)
+    build_script_args(req, script_runner(is_img2img))
+    return req
+
+
+def request_model(kind: str, fields: dict[str, Any]) -> m._ProcessingFields:
+    """A stored request body (JSON) back into its request model.
+
+    Raises:
+        errors.InvalidParameter: unknown kind, or fields the model refuses (e.g. a hand-edited store).
+    """
+    import pydantic
+    model = REQUEST_MODELS.get(kind)
+    if model is None:
+        raise errors.InvalidParameter(f"unknown job kind {kind!r}; expected one of {sorted(REQUEST_MODELS)}",
+                                      field="kind")
+    try:
+        return model.model_validate(fields)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ())) or "request"
+        raise errors.InvalidParameter(f"{where}: {first.get('msg', e)}", field=where) from e
+
+
+@dataclasses.dataclass
+class JobOutput:
+    """What a finished job hands back, in a form that crosses processes: the images encoded as the
+    API sends them (`samples_format`, infotext embedded), their infotexts, `info`
+    (`Processed.js()`), whether the job was interrupted, and the checkpoint loaded at the end.
+    `processed` is the `Processed` itself, only where the job ran in this process."""
+
+    images: list[bytes]
+    formats: list[str]
+    infotexts: list[str]
+    info: str
+    interrupted: bool = False
+    checkpoint: str | None = None
+    processed: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def without_processed(self) -> "JobOutput":
+        return dataclasses.replace(self, processed=None)
+
+
+class OutputView:
+    """What the UI presents of a `Processed`, rebuilt from a :class:`JobOutput` made in another
+    process (a Ray worker): the images decoded (infotext kept in `image.info`), their infotexts,
+    `info`, `comments`, `index_of_first_image` and `js()`."""
+
+    def __init__(self, output: JobOutput) -> None:
+        import io
+        import json
+
+        from PIL import Image
+        self._js = output.info
+        data = json.loads(output.info or "{}")
+        self.images = []
+        for blob in output.images:
+            image = Image.open(io.BytesIO(blob))
+            image.load()
+            self.images.append(image)
+        self.infotexts = list(output.infotexts)
+        self.info = self.infotexts[0] if self.infotexts else ""
+        self.comments = data.get("comments", "") or ""
+        self.index_of_first_image = int(data.get("index_of_first_image", 0) or 0)
+
+    def js(self) -> str:
+        return self._js
+
+
+def processed_of(output: JobOutput) -> Any:
+    """The job's `Processed` where it ran in this process, else an :class:`OutputView` of it."""
+    return output.processed if output.processed is not None else OutputView(output)
+
+
+def encode_output(processed: Any, interrupted: bool = False) -> JobOutput:
+    """The :class:`JobOutput` of a `Processed`: every image with its infotext embedded (when
+    `enable_pnginfo`), in the option `samples_format`, exactly the bytes the API returns."""
+    from modules import infotext_utils, sd_models
+    fmt = str(shared.opts.samples_format or "png").lower()
+    infotexts = [str(x) for x in (getattr(processed, "infotexts", None) or [])]
+    images, formats = [], []
+    for i, image in enumerate(processed.images):
+        if "parameters" not in image.info and i < len(infotexts) and shared.opts.enable_pnginfo:
+            image.info["parameters"] = infotexts[i]
+        images.append(infotext_utils.image_to_bytes(image, fmt, None))
+        formats.append("jpg" if fmt == "jpeg" else fmt)
+    loaded = getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None)
+    return JobOutput(images, formats, infotexts, processed.js(), interrupted,
+                     getattr(loaded, "title", None), processed)
+
+
+def execute(job_id: str, kind: str, request: dict[str, Any], *, ui: bool = False,
+            lock: Any = call_queue.queue_lock, on_start: Callable[[Any], None] | None = None) -> JobOutput:
+    """Run one stored job (a request resolved by :func:`prepare`, as JSON) in this process: build
+    `p`, run it through the selected script or `process_images` — so through the runner — and
+    encode the result. Job services and executors (in-process threads, Ray workers) call this.
+    `on_start(ctx)` gets the job's run context when it starts (to follow its progress)."""
+    req = request_model(kind, request)
+    run_fn = run_img2img if kind == "img2img" else run_txt2img
+    seen: dict[str, Any] = {}
+
+    def started(ctx: Any) -> None:
+        seen["ctx"] = ctx
+        if on_start is not None:
+            on_start(ctx)
+    processed = run_fn(req, ui=ui, prepared=True, task_id=job_id, lock=lock, on_start=started)
+    ctx = seen.get("ctx")
+    return encode_output(processed, interrupted=bool(ctx is not None and ctx.cancel.interrupted))
 
 
 def output_folders(kind: str, outdir: str | None, ui: bool) -> tuple[str, str]:
@@ -349,14 +490,18 @@ def output_folders(kind: str, outdir: str | None, ui: bool) -> tuple[str, str]:
 
 
 def run(req: m._ProcessingFields, cls: type, args: dict[str, Any], kind: str, *, outdir: str | None = None,
-        ui: bool = False) -> Any:
-    """Build `p` inside the FIFO queue and run the selected script's `run`, else `process_images`."""
+        ui: bool = False, task_id: str | None = None, lock: Any = call_queue.queue_lock,
+        on_start: Callable[[Any], None] | None = None) -> Any:
+    """Build `p` inside the FIFO queue (`lock`; None: no waiting) and run the selected script's
+    `run`, else `process_images`. `on_start(ctx)` is called with the job's run context first."""
     from modules import processing
     is_img2img = kind == "img2img"
     runner = script_runner(is_img2img)
     script, script_args = build_script_args(req, runner, script_args_from_infotext(req.infotext, runner))
-    task_id = req.force_task_id or call_queue.create_task_id(kind)
-    with call_queue.queued_job(task_id, f"scripts_{kind}", shared.state):
+    task_id = task_id or req.force_task_id or call_queue.create_task_id(kind)
+    with call_queue.queued_job(task_id, f"scripts_{kind}", lock) as ctx:
+        if on_start is not None:
+            on_start(ctx)
         p = cls(**args)
         p.is_api = not ui
         p.outpath_samples, p.outpath_grids = output_folders(kind, outdir, ui)
