@@ -143,9 +143,8 @@ def run_postprocessing(mode: int, image: Any, image_batch: Any, input_dir: str, 
     infotext = ""
     used: dict[str, int] = {}
     sources = _sources(mode, image, image_batch, input_dir)
-    state = shared.state
-    with call_queue.queue_lock:
-        state.begin(job="extras")
+    with call_queue.queued_job(call_queue.create_task_id("extras"), "extras") as ctx:
+        state = ctx.state  # this job's own progress and cancellation
         state.job_count = len(sources)
         try:
             for source in sources:
@@ -163,8 +162,9 @@ def run_postprocessing(mode: int, image: Any, image_batch: Any, input_dir: str, 
                 infotext = upscaling.extras_infotext(entries[-1].info)
                 state.nextjob()
         finally:
+            interrupted = state.interrupted
             state.end()
-    if not saved and not state.interrupted:
+    if not saved and not interrupted:
         raise errors.InvalidParameter("Extras: none of the files could be read as an image", field="image_batch")
     where = os.path.relpath(folder, shared.data_paths.data_path) if not _allow_outside() else folder
     log_line = f"Saved {len(saved)} image{'s' if len(saved) != 1 else ''} to {where}: " \

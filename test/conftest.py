@@ -53,3 +53,15 @@ def tokenizer():
     if not clip_tokenizer.has_vocab(folder):
         pytest.skip(f"no CLIP vocabulary in {folder}: run `python -m modules.clip_tokenizer` (launch.py does)")
     return clip_tokenizer.load_tokenizer(folder)
+
+
+@pytest.fixture(autouse=True)
+def _idle_state_is_clean():
+    """Each test starts with nothing left on the idle run context (what `shared.state` shows outside
+    any job): an interrupt or progress a test wrote outside a job never reaches the next test, in
+    whatever order the tests run (a job clears it too, as A1111's `state.begin()`)."""
+    from modules.runtime import context
+    idle = context.idle()
+    idle.cancel.__init__()
+    idle.progress.reset()
+    yield

@@ -68,6 +68,8 @@ def test_preview_every_n_steps_makes_an_image(clean_state):
 
 
 def test_full_preview_decodes_with_the_vae_and_disabled_previews_make_none(clean_state):
+    from modules import sd_models
+    sd_models.model_data.get_sd_model()  # loaded (a test before may have unloaded it)
     state = clean_state
     with options_set(live_previews_enable=True, show_progress_every_n_steps=1, show_progress_type="Full"):
         state.current_latent = torch.randn(1, 4, 8, 8)

@@ -196,7 +196,7 @@ class Api:
                     field="upscaling_resize")
         kwargs = req.model_dump(exclude={"image", "imageList", "show_extras_results"})
         outputs, html = [], ""
-        with self.queue_lock:
+        with call_queue.queued_job(call_queue.create_task_id("extras"), "extras", self.queue_lock):
             for image in images:  # every image a script makes (flipped copies, split tiles …) comes back
                 made, html = upscaling.run_extras_images(image, **kwargs)
                 outputs.extend(made)

@@ -238,8 +238,10 @@ def activate(ctx: RunContext) -> Iterator[RunContext]:
 @contextlib.contextmanager
 def job_context(task_id: str | None = None, job: str = "(unknown)") -> Iterator[RunContext]:
     """A fresh :class:`RunContext` for one job, current inside the block. A control sent while
-    nothing ran (left on the idle context) is dropped, as A1111's `state.begin()` drops it."""
+    nothing ran, and progress written outside any job (both left on the idle context), are
+    dropped, as A1111's `state.begin()` drops them."""
     _idle.cancel.__init__()
+    _idle.progress.reset()  # nor does progress written outside any job linger in `shared.state`
     with activate(RunContext(task_id, job)) as ctx:
         yield ctx
 
