@@ -194,3 +194,17 @@ def test_only_the_newest_finished_jobs_are_kept(make_service, serena):
         ids = [service.run("txt2img", request, job_id=f"task(keep-{n})") and f"task(keep-{n})" for n in range(4)]
         assert service.store.ids() == ids[2:]
         assert sorted(os.listdir(os.path.join(service.store.folder, "results"))) == ids[2:]
+
+
+def test_a_paused_queue_holds_queued_jobs_but_not_the_ones_someone_waits_for(make_service, serena):
+    """Pausing (agent-scheduler's queue/pause) holds the queued jobs; the UI's Generate and the
+    synchronous /sdapi/v1 routes still get their images, so a paused queue never hangs the page."""
+    service = make_service()
+    service.pause()
+    request = prepared("txt2img", {"prompt": "a cube", "width": 64, "height": 64, "steps": 1, "seed": 5})
+    queued = service.submit("txt2img", request, source="agent-scheduler").id
+    for source in ("ui", "sdapi"):
+        assert len(service.run("txt2img", request, source=source).images) == 1
+    assert service.store.status_of(queued) == PENDING
+    service.resume()
+    assert wait_status(service, queued) == DONE

@@ -32,6 +32,8 @@ from modules.runtime.job_store import (DONE, FAILED, FINISHED, INTERRUPTED, PEND
 log = logging.getLogger(__name__)
 
 JOB_ID = re.compile(r"^[A-Za-z0-9_\-().]{1,96}$")
+INTERACTIVE_SOURCES = ("ui", "sdapi")
+"""Where a caller waits for the job: these run even while the queue is paused."""
 _WAKE_S = 1.0
 
 
@@ -118,8 +120,9 @@ class JobService:
         return self.store.get_meta("paused", "0") == "1"
 
     def pause(self) -> None:
-        """Running jobs finish; no new job starts after this returns until :meth:`resume` (kept
-        across restarts)."""
+        """Running jobs finish; no new queued job starts after this returns until :meth:`resume`
+        (kept across restarts). Interactive jobs — someone is waiting for them: the UI's Generate,
+        the synchronous `/sdapi/v1` routes — still run: pausing the queue never hangs the page."""
         with self._dispatch_lock:
             self.store.set_meta("paused", "1")
 
@@ -309,7 +312,7 @@ class JobService:
                     return
             try:
                 with self._dispatch_lock:
-                    started = False if self.paused else self._dispatch_one()
+                    started = self._dispatch_one(INTERACTIVE_SOURCES if self.paused else None)
             except Exception:  # noqa: BLE001 - the dispatcher never dies
                 log.exception("job dispatcher failed; going on")
                 started = False
@@ -318,9 +321,10 @@ class JobService:
                     if not self._stopping:
                         self._cond.wait(_WAKE_S)
 
-    def _dispatch_one(self) -> bool:
-        """Start the head of the queue if a slot is free; True when something changed."""
-        ids = self.store.pending_ids()
+    def _dispatch_one(self, sources: tuple[str, ...] | None = None) -> bool:
+        """Start the head of the queue (of the jobs from `sources`, if given) if a slot is free;
+        True when something changed."""
+        ids = self.store.pending_ids(sources)
         if not ids:
             return False
         job_id = ids[0]

@@ -179,11 +179,16 @@ class JobStore:
             row = self._db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row[0] if row else None
 
-    def pending_ids(self) -> list[str]:
-        """Pending job ids in queue order."""
+    def pending_ids(self, sources: Iterable[str] | None = None) -> list[str]:
+        """Pending job ids in queue order (only those from `sources`, if given)."""
+        where, args = "status = ?", [PENDING]
+        if sources is not None:
+            sources = list(sources)
+            where += f" AND source IN ({', '.join('?' * len(sources))})"
+            args += sources
         with self._lock:
             return [r[0] for r in self._db.execute(
-                "SELECT id FROM jobs WHERE status = ? ORDER BY position, seq", (PENDING,))]
+                f"SELECT id FROM jobs WHERE {where} ORDER BY position, seq", args)]  # noqa: S608
 
     def list(self, statuses: Iterable[str] | None = None, *, offset: int = 0, limit: int = 100,
              newest_first: bool = False) -> tuple[list[JobRecord], int]:
