@@ -9,6 +9,7 @@ import time
 from conftest import RunnerCalls, set_number, shot, small_txt2img
 
 from PIL import Image
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from modules import infotext_utils, shared
 
@@ -89,19 +90,34 @@ def test_style_created_in_the_editor_is_applied(page):
             shared.prompt_styles.save_styles()
 
 
+def choose_from_generate_menu(page, label: str) -> None:
+    """Right-click Generate and pick `label` from its menu. The menu comes from javascript/toprow.js,
+    which Gradio adds to the page after load: wait for it, and right-click again if a busy machine
+    let the first right-click land before the menu's handler was there."""
+    page.wait_for_function("() => !!window.serenaGenerateForever", timeout=30000)
+    item = page.get_by_text(label, exact=True)
+    for _ in range(3):
+        page.locator("#txt2img_generate").click(button="right")
+        try:
+            item.wait_for(state="visible", timeout=5000)
+        except PlaywrightTimeoutError:
+            continue
+        item.click()
+        return
+    raise AssertionError(f"the Generate menu never showed {label!r}")
+
+
 def test_generate_forever_repeats_until_cancelled(page, monkeypatch):
     runs = RunnerCalls(monkeypatch)
     small_txt2img(page, "a blue cube", 1)
-    page.locator("#txt2img_generate").click(button="right")
-    page.get_by_text("Generate forever", exact=True).click()
+    choose_from_generate_menu(page, "Generate forever")
     page.wait_for_function("() => window.serenaGenerateForever.running('txt2img')", timeout=5000)
     deadline_s = 60
     import time
     start = time.time()
     while len(runs.steps) < 2 and time.time() - start < deadline_s:
         page.wait_for_timeout(250)
-    page.locator("#txt2img_generate").click(button="right")
-    page.get_by_text("Cancel generate forever", exact=True).click()
+    choose_from_generate_menu(page, "Cancel generate forever")
     assert len(runs.steps) >= 2
     page.wait_for_timeout(2000)  # a job started just before cancelling may still finish
     settled = len(runs.steps)
