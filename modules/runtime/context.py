@@ -140,13 +140,18 @@ class ProgressSink:
         self.emit("text")
 
     def fraction(self) -> float:
-        """A1111's progress formula (spec §1.5): 0.01 + done batches + this batch's steps."""
-        if self.job_count <= 0:
-            return 0.0
-        value = 0.01 + self.job_no / self.job_count
-        if self.sampling_steps > 0:
-            value += (self.sampling_step / self.sampling_steps) / self.job_count
-        return min(value, 1.0)
+        """A1111's progress formula (spec §1.5), see :func:`progress_fraction`."""
+        return progress_fraction(self.job_no, self.job_count, self.sampling_step, self.sampling_steps)
+
+
+def progress_fraction(job_no: int, job_count: int, step: int, steps: int) -> float:
+    """A1111's progress formula (spec §1.5): 0.01 + done batches + this batch's steps, at most 1."""
+    if job_count <= 0:
+        return 0.0
+    value = 0.01 + job_no / job_count
+    if steps > 0:
+        value += (step / steps) / job_count
+    return min(value, 1.0)
 
 
 _ids = itertools.count(1)

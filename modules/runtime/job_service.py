@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from modules import call_queue, errors
-from modules.runtime import job_store
+from modules.runtime import context, job_store
 from modules.runtime.job_store import (DONE, FAILED, FINISHED, INTERRUPTED, PENDING, RUNNING, JobRecord, JobStore,
                                        MalformedJob)
 
@@ -60,14 +60,8 @@ Subscriber = Callable[[JobEvent], None]
 
 def progress_fraction(data: dict[str, Any]) -> float:
     """A1111's progress formula from a progress event's fields."""
-    count = int(data.get("job_count") or 0)
-    if count <= 0:
-        return 0.0
-    value = 0.01 + int(data.get("job_no") or 0) / count
-    steps = int(data.get("steps") or 0)
-    if steps > 0:
-        value += (int(data.get("step") or 0) / steps) / count
-    return min(value, 1.0)
+    return context.progress_fraction(int(data.get("job_no") or 0), int(data.get("job_count") or 0),
+                                     int(data.get("step") or 0), int(data.get("steps") or 0))
 
 
 class JobService:

@@ -331,7 +331,7 @@ def run_img2img(req: m.StableDiffusionImg2ImgProcessingAPI, outdir: str | None =
     """
     from modules import processing
     if not prepared:
-        req = prepare("img2img", req)
+        req = _resolve(True, req)  # the full checks follow as `p` is built (images decoded once)
     args = processing_args(req, processing.StableDiffusionProcessingImg2Img)
     args["init_images"] = [image_io.decode_base64_to_image(x, f"init_images[{i}]") for i, x in enumerate(req.init_images)]
     args["mask"] = image_io.decode_base64_to_image(req.mask, "mask") if req.mask else None
@@ -356,13 +356,8 @@ def prepare(kind: str, req: m._ProcessingFields) -> m._ProcessingFields:
     """
     from modules import processing
     is_img2img = kind == "img2img"
-    if is_img2img and req.init_images is None:
-        raise errors.NotFound("Init image not found", field="init_images")
-    req = apply_infotext(req, is_img2img=is_img2img)
+    req = _resolve(is_img2img, req)
     if is_img2img:
-        if len(req.init_images) > 1 and len(req.init_images) > req.batch_size:
-            raise errors.InvalidParameter(
-                f"{len(req.init_images)} init_images but batch_size is {req.batch_size}", field="init_images")
         for i, x in enumerate(req.init_images):
             image_io.decode_base64_to_image(x, f"init_images[{i}]")
         if req.mask:
@@ -370,6 +365,17 @@ def prepare(kind: str, req: m._ProcessingFields) -> m._ProcessingFields:
     cls = processing.StableDiffusionProcessingImg2Img if is_img2img else processing.StableDiffusionProcessingTxt2Img
     processing_args(req, cls)
     build_script_args(req, script_runner(is_img2img))
+    return req
+
+
+def _resolve(is_img2img: bool, req: m._ProcessingFields) -> m._ProcessingFields:
+    """Infotext applied once; an img2img request has init images, no more than its batch size."""
+    if is_img2img and req.init_images is None:
+        raise errors.NotFound("Init image not found", field="init_images")
+    req = apply_infotext(req, is_img2img=is_img2img)
+    if is_img2img and len(req.init_images) > 1 and len(req.init_images) > req.batch_size:
+        raise errors.InvalidParameter(
+            f"{len(req.init_images)} init_images but batch_size is {req.batch_size}", field="init_images")
     return req
 
 
