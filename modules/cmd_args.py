@@ -33,19 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     # devices and precision
     add("--use-cpu", nargs="+", default=[], help="modules to run on CPU: all, sd, interrogate, …")
     add("--precision", choices=["full", "half", "autocast"], default="autocast",
-        help="evaluate at this precision; full = float32 everywhere (honoured by Serena)")
-    add("--no-half", action="store_true", help="keep the model in float32 (honoured by Serena)")
-    add("--no-half-vae", action="store_true", help="keep the VAE in float32 (honoured by Serena)")
+        help="full: float32 everywhere; half: the UNet and text encoder in half precision (float16 on a GPU, "
+             "bfloat16 on a CPU); autocast (default): half where it is known to be safe and faster "
+             "(a GPU; a CPU with AVX-512 BF16 or AMX, unless --no-cpu-bf16)" + HONOURED)
+    add("--no-half", action="store_true", help="keep every model in float32" + HONOURED)
+    add("--no-half-vae", action="store_true", help="keep the VAE in float32" + HONOURED)
     add("--upcast-sampling", action="store_true",
-        help="upcast sampling; Serena samples in the model's dtype" + COMPAT)
+        help="half-precision UNet weights, computed under autocast with float32 activations (no effect with "
+             "--no-half)" + HONOURED)
+    add("--no-cpu-bf16", action="store_true",
+        help="on a CPU, stay in float32 even where the CPU has fast bfloat16 (AVX-512 BF16 / AMX)" + HONOURED)
     add("--device-id", type=str, default=None, help="CUDA device index")
     for flag in ("--medvram", "--medvram-sdxl", "--lowvram", "--lowram"):
         add(flag, action="store_true", help="memory mode; Serena keeps the whole model on its device" + COMPAT)
-    for flag in ("--xformers", "--opt-sdp-attention", "--opt-sdp-no-mem-attention", "--opt-split-attention",
-                 "--opt-split-attention-v1", "--opt-split-attention-invokeai", "--opt-sub-quad-attention",
-                 "--disable-opt-split-attention"):
-        add(flag, action="store_true", help="cross-attention preference; diffusers picks the attention implementation"
-                                            + COMPAT)
+    add("--xformers", action="store_true", help="xformers attention; Serena has no xformers and uses SDPA" + COMPAT)
+    for flag, what in (("--opt-sdp-attention", "PyTorch scaled-dot-product attention (the default where available)"),
+                       ("--opt-sdp-no-mem-attention", "SDPA without the memory-efficient kernel (deterministic on CUDA)"),
+                       ("--opt-split-attention", "attention split into query slices sized to free memory (Doggettx)"),
+                       ("--opt-split-attention-v1", "attention split into fixed query slices (v1)"),
+                       ("--opt-split-attention-invokeai", "attention split into slices (InvokeAI's rule)"),
+                       ("--opt-sub-quad-attention", "sub-quadratic attention: query and key chunks, bounded memory"),
+                       ("--disable-opt-split-attention", "plain attention: no optimization")):
+        add(flag, action="store_true", help=what + HONOURED)
     add("--disable-nan-check", action="store_true",
         help="do not check latents and decoded images for NaNs (honoured by Serena)")
     # launcher behaviour
@@ -100,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMPAT = " (accepted for A1111 compatibility; Serena ignores it)"
+HONOURED = " (honoured by Serena)"
 
 MODEL_PATH_FLAGS = {
     "esrgan_models_path": "ESRGAN", "realesrgan_models_path": "RealESRGAN", "bsrgan_models_path": "BSRGAN",
@@ -170,17 +180,28 @@ def _add_a1111_compat_flags(p: argparse.ArgumentParser) -> None:
         help="comma-separated settings sections to freeze" + COMPAT)
     add("--freeze-specific-settings", type=str, default=None, help="comma-separated settings to freeze" + COMPAT)
     # model memory and attention: diffusers chooses the attention implementation; no split loading
-    for flag, what in (("--opt-channelslast", "channels-last memory format for the UNet"),
-                       ("--always-batch-cond-uncond", "does nothing in A1111 either; Serena always batches"),
+    add("--opt-channelslast", action="store_true", help="channels-last memory format for the UNet" + HONOURED)
+    for flag, what in (("--always-batch-cond-uncond", "does nothing in A1111 either; Serena always batches"),
                        ("--force-enable-xformers", "xformers even where it looks unsupported"),
                        ("--xformers-flash-attention", "xformers with flash attention"),
                        ("--use-ipex", "Intel XPU as the torch device"),
                        ("--disable-model-loading-ram-optimization", "load models without the RAM optimization")):
         add(flag, action="store_true", default=False, help=what + COMPAT)
-    add("--sub-quad-q-chunk-size", type=int, default=1024, help="sub-quadratic attention query chunk" + COMPAT)
-    add("--sub-quad-kv-chunk-size", type=int, default=None, help="sub-quadratic attention kv chunk" + COMPAT)
-    add("--sub-quad-chunk-threshold", type=int, default=None, help="sub-quadratic attention VRAM %%" + COMPAT)
-
+    add("--sub-quad-q-chunk-size", type=int, default=1024, help="sub-quadratic attention: query chunk size" + HONOURED)
+    add("--sub-quad-kv-chunk-size", type=int, default=None,
+        help="sub-quadratic attention: key/value chunk size (default: the whole sequence when it fits the threshold)"
+             + HONOURED)
+    add("--sub-quad-chunk-threshold", type=int, default=None,
+        help="sub-quadratic attention: percent of free memory above which attention is chunked" + HONOURED)
+    # compilation and graphs (Serena; opt-in)
+    add("--torch-compile", action="store_true",
+        help="compile the UNet and the VAE decoder with torch.compile (one compiled graph per shape; "
+             "falls back to eager when compilation fails)")
+    add("--torch-compile-backend", type=str, default="inductor", help="torch.compile backend (default inductor)")
+    add("--torch-compile-mode", type=str, default="default",
+        help="torch.compile mode: default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs")
+    add("--cuda-graphs", action="store_true",
+        help="on CUDA, capture the UNet step as a CUDA graph per (shape, batch) and replay it (ignored elsewhere)")
 
 def derived_folders(data: Any) -> dict[str, str]:
     """A1111's defaults of the folder flags Serena honours: `--embeddings-dir` (`<data>/embeddings`),

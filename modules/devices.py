@@ -33,8 +33,8 @@ dtype_vae: torch.dtype = torch.float32
 dtype_unet: torch.dtype = torch.float32
 dtype_inference: torch.dtype = torch.float32
 unet_needs_upcast = False
-"""A1111 sets this with --upcast-sampling on a half-precision UNet; Serena samples in the model's
-dtype, so it stays False and `cond_cast_unet` / `cond_cast_float` return their input."""
+"""True with --upcast-sampling on a half-precision UNet (A1111's name): the UNet then runs under
+autocast from float32 inputs, and `dtype_inference` is float32."""
 fp8 = False
 nv_rng = None
 
@@ -45,19 +45,64 @@ TASK_DEVICES = {"device_interrogate": "interrogate", "device_gfpgan": "gfpgan", 
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """Where the Stable Diffusion model runs and in which dtypes."""
+    """Where the Stable Diffusion model runs, in which dtypes, and how the UNet is computed.
+
+    `dtype` is the UNet's weight dtype (A1111's `devices.dtype` / `dtype_unet`); `dtype_text` the
+    text encoders'; `dtype_vae` the VAE's. `autocast`: the UNet is called under torch autocast with
+    float32 inputs (`--upcast-sampling`), else its inputs are cast to `dtype`. `channels_last`: the
+    UNet's weights and inputs use the channels-last memory format. The sampler's own maths (latents,
+    sigmas, CFG) always stays in float32: `apply_model` returns the UNet's output in its input's dtype.
+    """
 
     device: torch.device
     dtype: torch.dtype
     dtype_vae: torch.dtype
+    dtype_text: torch.dtype | None = None
+    autocast: bool = False
+    channels_last: bool = False
+    reason: str = ""
 
     @property
     def dtype_unet(self) -> torch.dtype:
         return self.dtype
 
+    @property
+    def text_dtype(self) -> torch.dtype:
+        return self.dtype_text or self.dtype
+
 
 def _flag(cmd_opts: Any, name: str, default: Any) -> Any:
     return getattr(cmd_opts, name, default) if cmd_opts is not None else default
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The feature flags of this machine's first CPU, as Linux lists them (empty where unknown)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+FAST_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU features with bfloat16 matrix instructions: with one of them a bfloat16 UNet step takes about
+half the time of a float32 one (docs/benchmarks.md); without, bfloat16 is emulated and no faster."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AVX-512 BF16 or AMX) and
+    torch's oneDNN backend can use them."""
+    if not (cpu_flags() & FAST_BF16_FLAGS):
+        return False
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except Exception:  # noqa: BLE001 - an old or unusual build: trust the CPU flags
+        return True
 
 
 def accelerator_name(cmd_opts: Any = None, cuda_available: bool | None = None,
@@ -75,12 +120,17 @@ def accelerator_name(cmd_opts: Any = None, cuda_available: bool | None = None,
 
 
 def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None = None,
-           mps_available: bool | None = None) -> DeviceConfig:
-    """Pick device and dtypes for `task` from the A1111 flags.
+           mps_available: bool | None = None, fast_cpu_bf16: bool | None = None) -> DeviceConfig:
+    """Pick device, dtypes and compute mode for `task` from the A1111 flags (a pure function of the
+    flags and of what the machine offers, which tests pass in).
 
-    Rules: `--use-cpu all` or `--use-cpu <task>` → CPU; CPU always computes in float32;
-    `--no-half` or `--precision full` → float32 on any device; otherwise an accelerator runs in
-    float16, and the VAE too unless `--no-half-vae`.
+    Rules: `--use-cpu all` or `--use-cpu <task>` → CPU. `--no-half` or `--precision full` → float32
+    everywhere. On a GPU: float16, the VAE too unless `--no-half-vae`. On a CPU: bfloat16 UNet
+    weights (text encoders and VAE stay float32, where bfloat16 saves little time and loses
+    precision) with `--precision half`, or by default when the CPU has fast bfloat16
+    (`cpu_has_fast_bf16`) and `--no-cpu-bf16` is not given; the automatic CPU path also uses
+    channels-last, measured faster there. `--upcast-sampling` on a half-precision UNet computes it
+    under autocast from float32 inputs. `--opt-channelslast` asks for channels-last anywhere.
     """
     use_cpu = [str(x).lower() for x in (_flag(cmd_opts, "use_cpu", []) or [])]
     if "all" in use_cpu or task.lower() in use_cpu:
@@ -88,26 +138,53 @@ def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None =
     else:
         name = accelerator_name(cmd_opts, cuda_available, mps_available)
     dev = torch.device(name)
-    full = bool(_flag(cmd_opts, "no_half", False)) or _flag(cmd_opts, "precision", "autocast") == "full"
-    if dev.type == "cpu" or full:
-        return DeviceConfig(dev, torch.float32, torch.float32)
+    channels_last = bool(_flag(cmd_opts, "opt_channelslast", False))
+    precision = _flag(cmd_opts, "precision", "autocast")
+    if bool(_flag(cmd_opts, "no_half", False)) or precision == "full":
+        return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
+                            reason="float32: --no-half / --precision full")
+    upcast = bool(_flag(cmd_opts, "upcast_sampling", False))
+    if dev.type == "cpu":
+        if precision != "half":
+            if _flag(cmd_opts, "no_cpu_bf16", False):
+                return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
+                                    reason="float32: --no-cpu-bf16")
+            if fast_cpu_bf16 is None:
+                fast_cpu_bf16 = cpu_has_fast_bf16()
+            if not fast_cpu_bf16:
+                return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
+                                    reason="float32: this CPU has no AVX-512 BF16 / AMX")
+            return DeviceConfig(dev, torch.bfloat16, torch.float32, torch.float32, autocast=upcast,
+                                channels_last=True,
+                                reason="bfloat16 UNet, channels-last (CPU with AVX-512 BF16 / AMX; --no-cpu-bf16 turns it off)")
+        return DeviceConfig(dev, torch.bfloat16, torch.float32, torch.float32, autocast=upcast,
+                            channels_last=channels_last, reason="bfloat16 UNet: --precision half on a CPU")
     vae = torch.float32 if _flag(cmd_opts, "no_half_vae", False) else torch.float16
-    return DeviceConfig(dev, torch.float16, vae)
+    return DeviceConfig(dev, torch.float16, vae, autocast=upcast, channels_last=channels_last,
+                        reason=f"float16 on {dev.type}")
+
+
+config: DeviceConfig = DeviceConfig(cpu, torch.float32, torch.float32)
+"""The configuration `setup` chose (CPU / float32 before it runs)."""
 
 
 def setup(cmd_opts: Any) -> DeviceConfig:
     """Fill the module-level A1111 names from the flags (the composition root calls this once)."""
-    global device, dtype, dtype_vae, dtype_unet, dtype_inference
+    global device, dtype, dtype_vae, dtype_unet, dtype_inference, unet_needs_upcast, config
     config = choose(cmd_opts)
     device, dtype, dtype_vae, dtype_unet = config.device, config.dtype, config.dtype_vae, config.dtype_unet
-    dtype_inference = dtype
+    unet_needs_upcast = config.autocast
+    dtype_inference = torch.float32 if config.autocast else dtype
     for name, task in TASK_DEVICES.items():
         globals()[name] = choose(cmd_opts, task=task).device
     return config
 
 
 def current() -> DeviceConfig:
-    """The configuration `setup` chose (CPU / float32 before it runs)."""
+    """The configuration `setup` chose (CPU / float32 before it runs), with A1111's module-level
+    names as extensions may have set them."""
+    if (config.device, config.dtype, config.dtype_vae) == (device, dtype, dtype_vae):
+        return config
     return DeviceConfig(device, dtype, dtype_vae)
 
 
@@ -158,12 +235,12 @@ def torch_gc() -> None:
 
 # --- casting and autocast (A1111 names) ----------------------------------------------------------------
 def cond_cast_unet(tensor: Any) -> Any:
-    """`tensor` in the UNet's dtype when the UNet is upcast (never in Serena: see `unet_needs_upcast`)."""
+    """`tensor` in the UNet's dtype when the UNet is upcast (`unet_needs_upcast`), else unchanged."""
     return tensor.to(dtype_unet) if unet_needs_upcast else tensor
 
 
 def cond_cast_float(tensor: Any) -> Any:
-    """`tensor` as float32 when the UNet is upcast (never in Serena), else unchanged."""
+    """`tensor` as float32 when the UNet is upcast (`unet_needs_upcast`), else unchanged."""
     return tensor.float() if unet_needs_upcast else tensor
 
 

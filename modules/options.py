@@ -214,6 +214,11 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
         },
         "optimizations": {
             "cross_attention_optimization": O("Automatic", "Cross attention optimization"),
+            "vae_tiling": O("Automatic", "Tiled VAE: decode and encode large images in overlapping tiles, so memory "
+                                         "stays bounded", choices=("Automatic", "Always", "Never")),
+            "vae_tiling_threshold": O(1536 * 1536, "Tiled VAE (Automatic): tile images larger than this many pixels "
+                                                   "(width × height)", minimum=65536, maximum=64 * 1024 * 1024),
+            "vae_tile_size": O(512, "Tiled VAE: tile size in pixels", minimum=256, maximum=2048),
             "s_min_uncond": O(0.0, "Negative Guidance minimum sigma", infotext="NGMS"),
             "s_min_uncond_all": O(False, "Negative Guidance minimum sigma all steps", infotext="NGMS all steps"),
             "token_merging_ratio": O(0.0, "Token merging ratio", infotext="Token merging ratio"),
@@ -350,6 +355,11 @@ def _sections() -> dict[str, dict[str, OptionInfo]]:
                                       restrict_api=True),
             "jobs_keep_finished": O(500, "Finished jobs kept in the job store with their result images (older ones are "
                                          "removed)", minimum=1, maximum=1000000, restrict_api=True),
+            "jobs_batch_requests": O(False, "Run queued jobs that wait together with the same model, size, sampler "
+                                            "and steps as one batch, where that gives the same images byte for byte",
+                                     restrict_api=True),
+            "jobs_batch_max": O(4, "Most queued jobs run together as one batch", minimum=2, maximum=16,
+                                restrict_api=True),
             "agent_scheduler_enable_callbacks": O(False, "POST a job's result to its callback_url when it finishes "
                                                          "(public addresses only unless local requests are allowed)",
                                                   restrict_api=True),

@@ -27,7 +27,6 @@ class StableDiffusionModelHijack:
     layers = None
     circular_enabled = False
     clip = None
-    optimization_method: str | None = None
 
     def __init__(self) -> None:
         self.comments: list[str] = []
@@ -54,8 +53,16 @@ class StableDiffusionModelHijack:
         self.undo_hijack(m)
         self.hijack(m)
 
-    def apply_optimizations(self, option: Any = None) -> None:
-        """Accepted for compatibility; diffusers picks its attention implementation itself."""
+    @property
+    def optimization_method(self) -> str | None:
+        """The attention implementation the loaded model uses (`sd_attention` name), None with no model."""
+        from modules import sd_attention, sd_models
+        return sd_attention.current(sd_models.model_data.sd_model)
+
+    def apply_optimizations(self, option: Any = None) -> str:
+        """Set the attention implementation `option` (default: the `cross_attention_optimization`
+        option and the flags) on the loaded model; see the module-level `apply_optimizations`."""
+        return apply_optimizations(option)
 
     def convert_sdxl_to_ssd(self, m: Any) -> None:
         raise NotImplementedError("SSD-1B conversion is not supported by Serena")
@@ -110,8 +117,8 @@ current_optimizer = None
 def list_optimizers() -> list:
     """Ask `on_list_optimizers` callbacks for optimizations and keep them in `optimizers`.
 
-    Serena has no built-in ones (diffusers picks the attention implementation), and it does not
-    apply an extension's optimization: `apply_optimizations` only reports the choice.
+    Serena's built-in ones are `sd_attention.names()` (not listed here: the settings add them); an
+    extension's optimization is offered in the settings but not applied (`apply_optimizations`).
     """
     from modules import script_callbacks
     found = script_callbacks.list_optimizers_callback()
@@ -120,8 +127,18 @@ def list_optimizers() -> list:
 
 
 def apply_optimizations(option: Any = None) -> str:
-    """Nothing is applied (see `list_optimizers`); returns "" like A1111 with no optimization."""
-    return ""
+    """Set the built-in attention implementation `option` names (else the option
+    `cross_attention_optimization`, else the flags: `sd_attention.choose`) on the loaded model, and
+    return its name; "" for plain attention ("None"), as A1111 returns for no optimization. An
+    extension's optimization (`list_optimizers`) is listed in the settings but not applied: Serena's
+    models are diffusers modules, which A1111 optimizations do not patch."""
+    from modules import sd_attention, sd_models, shared
+    name = sd_attention.choose(shared.cmd_opts, option or getattr(shared.opts, "cross_attention_optimization",
+                                                                  sd_attention.AUTOMATIC))
+    model = sd_models.model_data.sd_model
+    if model is not None:
+        name = sd_attention.apply(model, name)
+    return "" if name == sd_attention.NONE else name
 
 
 def undo_optimizations() -> None:

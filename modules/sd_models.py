@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -26,7 +27,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
-from modules import devices, errors, hashes, safe_load, sd_models_config, sd_models_convert, sd_vae
+from modules import (devices, errors, hashes, safe_load, sd_attention, sd_compile, sd_models_config, sd_models_convert,
+                     sd_vae, sd_vae_tiling)
+from modules.runtime import unet_batching
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +278,8 @@ class StableDiffusionModel(torch.nn.Module):
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module, text_encoder: torch.nn.Module | None, *,
                  checkpoint_info: CheckpointInfo | None, config: sd_models_config.ModelConfig,
                  alphas_cumprod: torch.Tensor, device: torch.device,
-                 text_encoder_2: torch.nn.Module | None = None):
+                 text_encoder_2: torch.nn.Module | None = None,
+                 devices_config: devices.DeviceConfig | None = None):
         super().__init__()
         self.unet = unet
         self.vae = vae
@@ -298,6 +302,8 @@ class StableDiffusionModel(torch.nn.Module):
         self.is_inpainting = config.is_inpainting
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float32), persistent=False)
         self.home_device = device  # where the model runs; `unload_model_weights` may park it on the CPU
+        self.device_config = devices_config or devices.DeviceConfig(device, next(unet.parameters()).dtype,
+                                                                    next(vae.parameters()).dtype)
         self.scale_factor = float(getattr(vae.config, "scaling_factor", sd_models_config.SCALE_FACTOR))
         self.loaded_vae_file: str | None = None  # the VAE file `self.vae` came from (None: the checkpoint's own)
         self.__dict__["base_vae"] = None  # the checkpoint's own VAE while a file's VAE is in use (not a submodule)
@@ -333,6 +339,8 @@ class StableDiffusionModel(torch.nn.Module):
             base_vae.to(devices.cpu)
         self.__dict__["base_vae"] = None if base_vae is vae else base_vae
         self.loaded_vae_file = vae_file
+        sd_attention.apply(self)
+        sd_compile.apply(self)
 
     @property
     def device(self) -> torch.device:
@@ -421,22 +429,36 @@ class StableDiffusionModel(torch.nn.Module):
             t = t.expand(x.shape[0])
         extra: dict[str, Any] = {}
         if isinstance(cond, dict):
-            extra["class_labels"] = cond["vector"].to(self.device, self.dtype)
+            extra["class_labels"] = cond["vector"]
             cond = cond["crossattn"]
-        out = self.unet(x_in.to(self.device, self.dtype), t.to(self.device, torch.float32),
-                        encoder_hidden_states=cond.to(self.device, self.dtype), return_dict=False, **extra)[0]
+        config = self.device_config
+        compute = torch.float32 if config.autocast else self.dtype
+        if "class_labels" in extra:
+            extra["class_labels"] = extra["class_labels"].to(self.device, compute)
+        x_in = x_in.to(self.device, compute)
+        if config.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        with self._unet_autocast():
+            out = unet_batching.forward(self.unet, x_in, t.to(self.device, torch.float32),
+                                        encoder_hidden_states=cond.to(self.device, compute), **extra)
         return out.to(x.dtype)
+
+    def _unet_autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to the UNet's half dtype when the model computes it that way (`--upcast-sampling`)."""
+        if not self.device_config.autocast or self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → latents × scale_factor (posterior mean: deterministic)."""
-        posterior = self.vae.encode(x.to(self.device, self.dtype_vae)).latent_dist
-        return (posterior.mean * self.scale_factor).to(x.dtype)
+        mean = sd_vae_tiling.encode(self.vae, x.to(self.device, self.dtype_vae))
+        return (mean * self.scale_factor).to(x.dtype)
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) → images in about [-1, 1]."""
-        return self.vae.decode((z / self.scale_factor).to(self.device, self.dtype_vae)).sample.to(z.dtype)
+        return sd_vae_tiling.decode(self.vae, (z / self.scale_factor).to(self.device, self.dtype_vae)).to(z.dtype)
 
     def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
         """Scaled latents from what `encode_first_stage` returned (A1111 name).
@@ -653,8 +675,12 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
 
     chosen = devices.current()
     device = device or chosen.device
+    dtype_text = chosen.text_dtype if dtype is None else dtype  # an explicit dtype is for every part
     dtype = dtype or chosen.dtype
     dtype_vae = dtype_vae or (dtype if dtype == torch.float32 else chosen.dtype_vae)
+    same = dtype == chosen.dtype  # a caller's own dtype leaves the chosen compute mode out
+    speed = dataclasses.replace(chosen, device=device, dtype=dtype, dtype_vae=dtype_vae, dtype_text=dtype_text,
+                                autocast=same and chosen.autocast, channels_last=same and chosen.channels_last)
     config = sd_models_config.infer_config(state_dict, filename, prediction)
     parts = sd_models_convert.convert_model(state_dict, config, filename)
     alphas = state_dict.get("alphas_cumprod")
@@ -664,12 +690,16 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
     configs = {"text_encoder": config.clip, "text_encoder_2": config.clip2}
     states = {"text_encoder": parts.text_encoder, "text_encoder_2": parts.text_encoder_2}
     encoders = {source.slot: _build_text_encoder(source, configs[source.slot] or {}, states[source.slot] or {},
-                                                 dtype, device, filename)
+                                                 dtype_text, device, filename)
                 for source in config.encoders}
+    if speed.channels_last:
+        unet.to(memory_format=torch.channels_last)
     model = StableDiffusionModel(unet, vae, encoders.get("text_encoder"), checkpoint_info=checkpoint_info,
                                  config=config, alphas_cumprod=alphas, device=device,
-                                 text_encoder_2=encoders.get("text_encoder_2"))
+                                 text_encoder_2=encoders.get("text_encoder_2"), devices_config=speed)
     model.parameterization = config.prediction
+    sd_attention.apply(model)
+    sd_compile.apply(model)
     return model
 
 
@@ -780,8 +810,9 @@ def unload_model_weights(sd_model: StableDiffusionModel | None = None,
 
 
 def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> None:
-    """Make setting `sd_model_checkpoint` switch the model, and `sd_vae` its VAE (see
-    `sd_vae.setup_option_hooks`); the composition root calls this once.
+    """Make setting `sd_model_checkpoint` switch the model, `sd_vae` its VAE (see
+    `sd_vae.setup_option_hooks`) and `cross_attention_optimization` its attention implementation;
+    the composition root calls this once.
 
     `wrap` lets the caller run the switch under the queue lock. An unknown alias raises
     CheckpointNotFound and a failed load raises CheckpointLoadError; in both cases the option
@@ -794,7 +825,14 @@ def setup_option_hooks(opts: Any, wrap: Callable[[Callable[[], Any]], Callable[[
             return
         reload_model_weights(info=info)
 
+    def on_attention_change() -> None:
+        model = model_data.sd_model
+        if model is not None:
+            sd_attention.apply(model)
+            sd_compile.reset_graphs(model)  # graphs captured with the old attention kernels
+
     opts.onchange("sd_model_checkpoint", wrap(on_checkpoint_change) if wrap else on_checkpoint_change)
+    opts.onchange("cross_attention_optimization", wrap(on_attention_change) if wrap else on_attention_change)
     sd_vae.setup_option_hooks(opts, wrap)
 
 

@@ -52,12 +52,13 @@ def refresh_unet_list() -> None:
 
 
 def cross_attention_optimizations() -> list[str]:
-    """The values of `cross_attention_optimization`: "Automatic", the optimizations extensions
-    offer (`on_list_optimizers`, by `title()`), then "None"."""
-    from modules import sd_hijack
+    """The values of `cross_attention_optimization`: "Automatic", Serena's attention implementations
+    by A1111's titles (`sd_attention.names()`), the optimizations extensions offer
+    (`on_list_optimizers`, by `title()`), then "None"."""
+    from modules import sd_attention, sd_hijack
     titles = [o.title() if callable(getattr(o, "title", None)) else str(getattr(o, "name", o))
               for o in sd_hijack.list_optimizers()]
-    return ["Automatic", *titles, "None"]
+    return ["Automatic", *sd_attention.names(), *titles, "None"]
 
 
 def postprocessing_scripts() -> list:

@@ -7,7 +7,9 @@ from modules import cmd_args, devices
 
 
 def choose(*flags: str, cuda: bool = True):
-    return devices.choose(cmd_args.parse(list(flags), environ={}), cuda_available=cuda, mps_available=False)
+    """The choice on a machine whose CPU has no fast bfloat16 (test_precision.py covers the CPU bfloat16 path)."""
+    return devices.choose(cmd_args.parse(list(flags), environ={}), cuda_available=cuda, mps_available=False,
+                          fast_cpu_bf16=False)
 
 
 def test_cuda_defaults_to_half():
@@ -46,7 +48,8 @@ def test_setup_fills_a1111_names(monkeypatch):
     monkeypatch.setattr(devices, "dtype", devices.dtype)
     monkeypatch.setattr(devices, "dtype_vae", devices.dtype_vae)
     monkeypatch.setattr(devices, "dtype_unet", devices.dtype_unet)
-    config = devices.setup(cmd_args.parse(["--use-cpu", "all"], environ={}))
+    monkeypatch.setattr(devices, "config", devices.config)
+    config = devices.setup(cmd_args.parse(["--use-cpu", "all", "--no-half"], environ={}))
     assert devices.device == torch.device("cpu") and devices.dtype == torch.float32
     assert devices.current() == config
 

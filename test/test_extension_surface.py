@@ -128,7 +128,7 @@ def test_hijack_and_undo_are_accepted_and_comments_clear():
     model_hijack.extra_generation_params["X"] = 1
     model_hijack.clear_comments()
     assert model_hijack.comments == [] and model_hijack.extra_generation_params == {}
-    assert model_hijack.layers is None and model_hijack.optimization_method is None
+    assert model_hijack.layers is None and model_hijack.optimization_method == "sdp"  # the loaded model's
 
 
 def test_get_prompt_lengths_matches_the_token_counter():
@@ -156,7 +156,8 @@ def test_list_optimizers_asks_the_callbacks():
         assert [o.name for o in sd_hijack.list_optimizers()] == ["high", "low"]
     finally:
         script_callbacks.remove_callbacks_for_function(add)
-    assert sd_hijack.list_optimizers() == [] and sd_hijack.apply_optimizations() == ""
+    assert sd_hijack.list_optimizers() == []
+    assert sd_hijack.apply_optimizations() == sd_hijack.model_hijack.optimization_method == "sdp"  # the default
 
 
 def test_apply_circular_switches_padding_and_back():
@@ -538,10 +539,10 @@ def test_a1111_flags_parse_and_say_whether_serena_honours_them(tmp_path):
     assert given.gradio_allowed_path == ["/srv/a", "/srv/b"]
     helps = {a.dest: a.help or "" for a in cmd_args.build_parser()._actions}
     for honoured in ("vae_path", "loglevel", "no_half", "no_half_vae", "precision", "api_log", "disable_nan_check",
-                     "gradio_allowed_path", "ui_debug_mode"):
+                     "gradio_allowed_path", "ui_debug_mode", "upcast_sampling", "opt_channelslast", "opt_sdp_attention",
+                     "opt_sdp_no_mem_attention", "opt_split_attention", "opt_sub_quad_attention", "no_cpu_bf16"):
         assert "Serena" in helps[honoured] and "compatibility" not in helps[honoured], honoured
-    for compat in ("xformers", "opt_sdp_attention", "medvram", "lowvram", "upcast_sampling", "gradio_debug",
-                   "opt_channelslast", "esrgan_models_path",
+    for compat in ("xformers", "medvram", "lowvram", "gradio_debug", "esrgan_models_path",
                    "disable_safe_unpickle", "use_textbox_seed", "always_batch_cond_uncond"):
         assert "accepted for A1111 compatibility" in helps[compat], compat
 
@@ -603,7 +604,8 @@ def test_devices_nan_check_is_serenas_nan_error(monkeypatch):
 def test_devices_setup_fills_the_per_task_devices(monkeypatch):
     import torch
     from modules import cmd_args, devices
-    for name in ("device", "dtype", "dtype_vae", "dtype_unet", "dtype_inference", *devices.TASK_DEVICES):
+    for name in ("device", "dtype", "dtype_vae", "dtype_unet", "dtype_inference", "config", "unet_needs_upcast",
+                 *devices.TASK_DEVICES):
         monkeypatch.setattr(devices, name, getattr(devices, name))
     devices.setup(cmd_args.parse(["--use-cpu", "interrogate", "--no-half"], environ={}))
     assert devices.device_interrogate == torch.device("cpu")
@@ -836,7 +838,8 @@ def test_shared_items_lists(env):
     finally:
         script_callbacks.remove_callbacks_for_function(add)
     assert shared_items.sd_unet_items() == ["Automatic", "None"]
-    assert shared_items.cross_attention_optimizations() == ["Automatic", "None"]
+    from modules import sd_attention
+    assert shared_items.cross_attention_optimizations() == ["Automatic", *sd_attention.names(), "None"]
     assert isinstance(shared_items.postprocessing_scripts(), list)
 
 

@@ -11,9 +11,17 @@ then gives the slot back with :meth:`Executor.release`.
   lock that the UI's own jobs take too. With `threads=2` (tests only) two jobs run side by side
   without the lock: each has its own run context.
 - `modules.runtime.executor_ray.RayExecutor` (`--executor ray`): one slot per Ray worker process.
+  It never batches requests (each job runs in its own worker process).
+
+Batch groups (option `jobs_batch_requests`, in-process executor only): the service runs several
+compatible queued jobs on one slot at once — :meth:`InProcessExecutor.member_slots` gives each a
+member slot of its own (own run context, own cancel), :meth:`InProcessExecutor.group_turn` takes the
+FIFO queue's turn once for all of them, and each member's UNet calls meet in
+`modules.runtime.unet_batching`.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from dataclasses import dataclass, field
@@ -33,13 +41,15 @@ class WorkerLost(RuntimeError):
 @dataclass
 class Slot:
     """One place a job can run. `checkpoint` is the model title loaded there (for affinity),
-    `job_id` the job it runs now, `alive` False once its worker is lost."""
+    `job_id` the job it runs now, `alive` False once its worker is lost. `group`: the
+    `unet_batching.BatchGroup` of a batch group's member slot, else None."""
 
     name: str
     checkpoint: str | None = None
     job_id: str | None = None
     alive: bool = True
     handle: Any = field(default=None, repr=False)
+    group: Any = field(default=None, repr=False)
 
 
 class Executor(Protocol):
@@ -121,6 +131,7 @@ class InProcessExecutor:
 
     name = "local"
     registers_tasks = True  # `call_queue.queued_job` marks the task running / finished
+    batches = True  # the service may run a batch group of queued jobs on one slot (`member_slots`)
 
     def __init__(self, threads: int = 1) -> None:
         self._slots = [Slot(f"local-{i}") for i in range(max(1, int(threads)))]
@@ -154,6 +165,31 @@ class InProcessExecutor:
             self._contexts.pop(slot.name, None)
             self._early_cancel.pop(slot.name, None)
 
+    def member_slots(self, slot: Slot, job_ids: list[str]) -> list[Slot]:
+        """One member slot per job of a batch group run on `slot` (acquired by its first job): each
+        has its own run context and cancel; they share one `unet_batching.BatchGroup`."""
+        from modules.runtime import unet_batching  # torch: only where a group runs
+        group = unet_batching.BatchGroup(job_ids)
+        return [Slot(f"{slot.name}.{i}", checkpoint=slot.checkpoint, job_id=job_id, group=group)
+                for i, job_id in enumerate(job_ids)]
+
+    @contextlib.contextmanager
+    def group_turn(self, slot: Slot, members: list[Slot]) -> Any:
+        """Hold the FIFO queue's turn once for a whole batch group (its members run with no lock
+        of their own) inside the block; afterwards the group is closed and `slot` released."""
+        if self.queue_lock is not None:
+            self.queue_lock.acquire()
+        try:
+            yield
+        finally:
+            if self.queue_lock is not None:
+                self.queue_lock.release()
+            for member in members:
+                if member.group is not None:
+                    member.group.close()
+                slot.checkpoint = member.checkpoint or slot.checkpoint
+            self.release(slot)
+
     def run(self, slot: Slot, job: JobRecord, emit: Emit) -> jobs.JobOutput:
         def started(ctx: context.RunContext) -> None:
             with self._lock:
@@ -162,8 +198,13 @@ class InProcessExecutor:
             if early is not None:
                 getattr(ctx.cancel, early)()
             follow(ctx, emit)
-        output = jobs.execute(job.id, job.kind, job.request, ui=job.source == "ui", lock=self.queue_lock,
-                              on_start=started)
+        lock, joined = self.queue_lock, contextlib.nullcontext()
+        if slot.group is not None:  # a batch group's member: the group holds the queue's turn
+            from modules.runtime import unet_batching
+            lock, joined = None, unet_batching.member(slot.group, job.id)
+        with joined:
+            output = jobs.execute(job.id, job.kind, job.request, ui=job.source == "ui", lock=lock,
+                                  on_start=started)
         slot.checkpoint = output.checkpoint
         return output
 

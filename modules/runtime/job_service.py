@@ -12,6 +12,12 @@ job done / interrupted / failed in the store. Front ends:
 
 Events (:class:`JobEvent`) a subscriber hears, in order: ``queued``, ``started``, ``progress``
 (many), and one of ``done`` / ``failed`` / ``interrupted``.
+
+Batch groups (option `jobs_batch_requests`, off by default; in-process executor only): when the
+dispatcher starts the head of the queue it also takes the pending jobs right behind it whose
+requests may share its UNet calls (:func:`batch_key`, at most `jobs_batch_max` in all). They run at
+once, each as a job of its own (own thread, run context, events, results); only their UNet
+evaluations meet, and merge where that is bit-identical (`modules.runtime.unet_batching`).
 """
 from __future__ import annotations
 
@@ -316,8 +322,9 @@ class JobService:
                         self._cond.wait(_WAKE_S)
 
     def _dispatch_one(self, sources: tuple[str, ...] | None = None) -> bool:
-        """Start the head of the queue (of the jobs from `sources`, if given) if a slot is free;
-        True when something changed."""
+        """Start the head of the queue (of the jobs from `sources`, if given) if a slot is free —
+        with the jobs right behind it as one batch group where :func:`batch_limit` allows; True
+        when something changed."""
         ids = self.store.pending_ids(sources)
         if not ids:
             return False
@@ -339,10 +346,72 @@ class JobService:
         if not self.store.claim(job_id, worker=getattr(slot, "name", None)):
             self.executor.release(slot)
             return True
+        members = self._claim_members(self._batch_candidates(record, ids[1:]), slot)
+        if members:
+            self._start_group(slot, [record, *members])
+            return True
         with self._cond:
             self._slots[job_id] = slot
         threading.Thread(target=self._run_job, args=(record, slot), name=f"serena-job-{job_id}", daemon=True).start()
         return True
+
+    # --- batch groups (option `jobs_batch_requests`) ------------------------------------------------------
+    def _batch_candidates(self, head: JobRecord, later: list[str]) -> list[JobRecord]:
+        """The pending jobs right behind `head` (in queue order, stopping at the first that does
+        not fit, so no job jumps another) that may run with it as one batch group; [] when the
+        option is off, the executor does not batch, or `head` cannot be grouped."""
+        limit = batch_limit(self.executor)
+        key = batch_key(head) if limit > 1 else None
+        if key is None:
+            return []
+        found: list[JobRecord] = []
+        for job_id in later[:limit - 1]:
+            try:
+                record = self.store.get(job_id)
+            except MalformedJob:
+                break
+            if record is None or batch_key(record) != key:
+                break
+            found.append(record)
+        return found
+
+    def _claim_members(self, records: list[JobRecord], slot: Any) -> list[JobRecord]:
+        """The candidates this dispatcher could claim (one cancelled meanwhile is left out)."""
+        return [r for r in records if self.store.claim(r.id, worker=getattr(slot, "name", None))]
+
+    def _start_group(self, slot: Any, records: list[JobRecord]) -> None:
+        """Run `records` (claimed) as one batch group on `slot`: each is still a job of its own."""
+        member_slots = self.executor.member_slots(slot, [r.id for r in records])
+        with self._cond:
+            for record, member in zip(records, member_slots):
+                self._slots[record.id] = member
+        log.info("jobs %s run as one batch group (jobs_batch_requests)", ", ".join(r.id for r in records))
+        threading.Thread(target=self._run_group, args=(slot, records, member_slots),
+                         name=f"serena-group-{records[0].id}", daemon=True).start()
+
+    def _run_group(self, slot: Any, records: list[JobRecord], member_slots: list[Any]) -> None:
+        """The group's turn in the queue, each member in a thread of its own (events, results and
+        store rows as for a single job); the slot is free again when all have finished."""
+        threads = [threading.Thread(target=self._run_job, args=(r, s), name=f"serena-job-{r.id}", daemon=True)
+                   for r, s in zip(records, member_slots)]
+        try:
+            with self.executor.group_turn(slot, member_slots):
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+        finally:
+            for record, thread in zip(records, threads):
+                if thread.ident is None:  # never started: the group's turn failed
+                    self._fail_unstarted(record)
+            self._wake()
+
+    def _fail_unstarted(self, record: JobRecord) -> None:
+        reason = "its batch group could not start"
+        with self._cond:
+            self._slots.pop(record.id, None)
+        self.store.finish(record.id, FAILED, error=reason)
+        self._finished(record.id, FAILED, reason, None)
 
     def _run_job(self, record: JobRecord, slot: Any) -> None:
         job_id = record.id
@@ -431,6 +500,33 @@ def run_request(kind: str, req: Any, *, source: str) -> Any:
     if req.force_task_id and service.store.status_of(req.force_task_id) in FINISHED:
         service.delete(req.force_task_id)
     return req, service.run(kind, req.model_dump(mode="json"), job_id=req.force_task_id, source=source)
+
+
+def batch_limit(executor: Any) -> int:
+    """How many queued jobs may run as one batch group: `jobs_batch_max` with the option
+    `jobs_batch_requests` on and an executor that batches (the in-process one; never Ray), else 1."""
+    from modules import shared
+    if not getattr(executor, "batches", False) or not getattr(shared.opts, "jobs_batch_requests", False):
+        return 1
+    return max(1, int(getattr(shared.opts, "jobs_batch_max", 1)))
+
+
+def batch_key(record: JobRecord) -> str | None:
+    """The job's batch-group key (`unet_batching.request_key`), or None when it must run alone
+    now: besides what the request says, its checkpoint must be the loaded one and its VAE the
+    selected one — a member that loads or swaps a model would change it under the others."""
+    from modules import sd_models, shared
+    from modules.runtime import executors, unet_batching
+    loaded = getattr(sd_models.model_data.sd_model, "sd_checkpoint_info", None)
+    if loaded is None:
+        return None
+    loaded_key = executors.checkpoint_key(loaded.title)
+    if record.checkpoint is not None and executors.checkpoint_key(record.checkpoint) != loaded_key:
+        return None  # None: the job names no checkpoint and runs on the loaded one
+    overrides = record.request.get("override_settings") or {}
+    if "sd_vae" in overrides and overrides["sd_vae"] != getattr(shared.opts, "sd_vae", None):
+        return None
+    return unet_batching.request_key(record.kind, record.request, loaded_key)
 
 
 def requested_checkpoint(request: dict[str, Any]) -> str | None:
