@@ -7,8 +7,8 @@ loader (the modules are diffusers' `UNet2DConditionModel` / `AutoencoderKL` and 
 `CLIPTextModel` either way):
 
 - **Serena**: the model as `./webui.sh` loads it on this machine, with no flag: `devices.choose` picks
-  the device configuration (on a CPU with AVX-512 BF16 / AMX: bfloat16 channels-last UNet, float32 text
-  encoder and VAE, float32 sampler maths), and the attention implementation Serena picks;
+  the device configuration (on a CPU with AVX-512 BF16 / AMX: bfloat16 channels-last UNet and VAE,
+  float32 text encoder and sampler maths), and the attention implementation Serena picks;
 - **diffusers**: the same file in float32 (`dtype=float32`: what a default `StableDiffusionPipeline`
   runs on a CPU), in a `StableDiffusionPipeline` with its own defaults.
 

@@ -13,7 +13,8 @@ its peak by area: if the estimate for `--size` is over half the memory available
 (MemAvailable), the whole decode is measured at the largest of 1536², 1024², 768² that fits, and
 the table says so. The whole decode runs first, then the tiled one. The tiled decode always runs at `--size`.
 
-Usage: `venv/bin/python bench/vae_tiling_memory.py [--size 2048] [--tile 512] [--threads 2]`.
+Usage: `venv/bin/python bench/vae_tiling_memory.py [--size 2048] [--tile 512] [--threads 2]
+[--memory-fraction 0.5] [--cases whole,tiled]`.
 Runs by hand (minutes on 2 cores), not in the test suite.
 """
 from __future__ import annotations
@@ -91,25 +92,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=2048, help="image side in pixels (multiple of 8)")
     parser.add_argument("--tile", type=int, default=512, help="tile side in pixels (the vae_tile_size option)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--memory-fraction", type=float, default=0.5,
+                        help="largest share of MemAvailable the whole decode may be estimated to need")
+    parser.add_argument("--cases", default="whole,tiled", help="which decodes to run: whole, tiled or both")
     args = parser.parse_args(argv)
 
     probe = run_case(PROBE, args.tile, "Never", args.threads)
     probe_bytes = probe["peak"] - probe["baseline"]
-    budget = mem_available() // 2
+    budget = int(mem_available() * args.memory_fraction)
     untiled = whole_size(args.size, probe_bytes, PROBE, budget)
     estimate = probe_bytes * (args.size / PROBE) ** 2
     print(f"whole decode at {PROBE}²: {probe_bytes / GIB:.2f} GiB over baseline, {probe['seconds']:.1f} s; "
-          f"scaled to {args.size}²: about {estimate / GIB:.1f} GiB; half of MemAvailable: {budget / GIB:.1f} GiB",
+          f"scaled to {args.size}²: about {estimate / GIB:.1f} GiB; budget ({args.memory_fraction:.0%} of MemAvailable): "
+          f"{budget / GIB:.1f} GiB",
           flush=True)
     if untiled != args.size:
-        print(f"the whole {args.size}² decode would not fit in half the available memory: "
+        print(f"the whole {args.size}² decode would not fit in the budget: "
               f"measuring the whole decode at {untiled}² instead", flush=True)
 
     rows = []
-    for name, size, mode in (("whole", untiled, "Never"), (f"tiled {args.tile} px", args.size, "Always")):
-        rows.append((name, size, run_case(size, args.tile, mode, args.threads)))
-        print(f"{name} {size}²: {rows[-1][2]}", flush=True)
+    wanted = set(args.cases.split(","))
+    for case, name, size, mode in (("whole", "whole", untiled, "Never"),
+                                   ("tiled", f"tiled {args.tile} px", args.size, "Always")):
+        if case in wanted:
+            rows.append((name, size, run_case(size, args.tile, mode, args.threads)))
+            print(f"{name} {size}²: {rows[-1][2]}", flush=True)
     rows.reverse()
+    if len(rows) < 2:
+        return 0
     print(f"\nfull-size SD1.5 VAE decode, float32, CPU, {args.threads} torch threads")
     print(f"{'case':<16}{'image':>12}{'baseline GiB':>14}{'peak GiB':>10}{'over base GiB':>15}{'time s':>9}")
     for name, size, result in rows:

@@ -125,12 +125,13 @@ def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None =
     flags and of what the machine offers, which tests pass in).
 
     Rules: `--use-cpu all` or `--use-cpu <task>` → CPU. `--no-half` or `--precision full` → float32
-    everywhere. On a GPU: float16, the VAE too unless `--no-half-vae`. On a CPU: bfloat16 UNet
-    weights (text encoders and VAE stay float32, where bfloat16 saves little time and loses
-    precision) with `--precision half`, or by default when the CPU has fast bfloat16
-    (`cpu_has_fast_bf16`) and `--no-cpu-bf16` is not given; the automatic CPU path also uses
-    channels-last, measured faster there. `--upcast-sampling` on a half-precision UNet computes it
-    under autocast from float32 inputs. `--opt-channelslast` asks for channels-last anywhere.
+    everywhere. On a GPU: float16, the VAE too unless `--no-half-vae`. On a CPU: bfloat16 UNet and
+    VAE (the VAE float32 with `--no-half-vae`; the text encoders stay float32: one call per job, so
+    bfloat16 would save little and round the conditioning every step reads) with `--precision half`,
+    or by default when the CPU has fast bfloat16 (`cpu_has_fast_bf16`) and `--no-cpu-bf16` is not
+    given; the automatic CPU path also uses channels-last, measured faster there. `--upcast-sampling`
+    on a half-precision UNet computes it under autocast from float32 inputs. `--opt-channelslast`
+    asks for channels-last anywhere.
     """
     use_cpu = [str(x).lower() for x in (_flag(cmd_opts, "use_cpu", []) or [])]
     if "all" in use_cpu or task.lower() in use_cpu:
@@ -145,6 +146,7 @@ def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None =
                             reason="float32: --no-half / --precision full")
     upcast = bool(_flag(cmd_opts, "upcast_sampling", False))
     if dev.type == "cpu":
+        vae = torch.float32 if _flag(cmd_opts, "no_half_vae", False) else torch.bfloat16
         if precision != "half":
             if _flag(cmd_opts, "no_cpu_bf16", False):
                 return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
@@ -154,11 +156,11 @@ def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None =
             if not fast_cpu_bf16:
                 return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
                                     reason="float32: this CPU has no AVX-512 BF16 / AMX")
-            return DeviceConfig(dev, torch.bfloat16, torch.float32, torch.float32, autocast=upcast,
-                                channels_last=True,
-                                reason="bfloat16 UNet, channels-last (CPU with AVX-512 BF16 / AMX; --no-cpu-bf16 turns it off)")
-        return DeviceConfig(dev, torch.bfloat16, torch.float32, torch.float32, autocast=upcast,
-                            channels_last=channels_last, reason="bfloat16 UNet: --precision half on a CPU")
+            return DeviceConfig(dev, torch.bfloat16, vae, torch.float32, autocast=upcast, channels_last=True,
+                                reason="bfloat16 UNet and VAE, channels-last (CPU with AVX-512 BF16 / AMX; "
+                                       "--no-cpu-bf16 turns it off)")
+        return DeviceConfig(dev, torch.bfloat16, vae, torch.float32, autocast=upcast,
+                            channels_last=channels_last, reason="bfloat16 UNet and VAE: --precision half on a CPU")
     vae = torch.float32 if _flag(cmd_opts, "no_half_vae", False) else torch.float16
     return DeviceConfig(dev, torch.float16, vae, autocast=upcast, channels_last=channels_last,
                         reason=f"float16 on {dev.type}")

@@ -335,6 +335,8 @@ class StableDiffusionModel(torch.nn.Module):
         """
         device = next(self.vae.parameters()).device
         self.vae = vae.to(device)
+        if self.device_config.channels_last:
+            self.vae.to(memory_format=torch.channels_last)
         if base_vae is not None and base_vae is not vae and device.type != "cpu":
             base_vae.to(devices.cpu)
         self.__dict__["base_vae"] = None if base_vae is vae else base_vae
@@ -452,13 +454,18 @@ class StableDiffusionModel(torch.nn.Module):
     @torch.no_grad()
     def encode_first_stage(self, x: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → latents × scale_factor (posterior mean: deterministic)."""
-        mean = sd_vae_tiling.encode(self.vae, x.to(self.device, self.dtype_vae))
+        mean = sd_vae_tiling.encode(self.vae, self._vae_input(x))
         return (mean * self.scale_factor).to(x.dtype)
 
     @torch.no_grad()
     def decode_first_stage(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (scaled) → images in about [-1, 1]."""
-        return sd_vae_tiling.decode(self.vae, (z / self.scale_factor).to(self.device, self.dtype_vae)).to(z.dtype)
+        return sd_vae_tiling.decode(self.vae, self._vae_input(z / self.scale_factor)).to(z.dtype)
+
+    def _vae_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on the VAE's device and dtype, channels-last when the model uses that format."""
+        x = x.to(self.device, self.dtype_vae)
+        return x.contiguous(memory_format=torch.channels_last) if self.device_config.channels_last else x
 
     def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
         """Scaled latents from what `encode_first_stage` returned (A1111 name).
@@ -678,7 +685,7 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
     dtype_text = chosen.text_dtype if dtype is None else dtype  # an explicit dtype is for every part
     dtype = dtype or chosen.dtype
     dtype_vae = dtype_vae or (dtype if dtype == torch.float32 else chosen.dtype_vae)
-    same = dtype == chosen.dtype  # a caller's own dtype leaves the chosen compute mode out
+    same = dtype == chosen.dtype and dtype_vae == chosen.dtype_vae  # a caller's own dtypes: no chosen compute mode
     speed = dataclasses.replace(chosen, device=device, dtype=dtype, dtype_vae=dtype_vae, dtype_text=dtype_text,
                                 autocast=same and chosen.autocast, channels_last=same and chosen.channels_last)
     config = sd_models_config.infer_config(state_dict, filename, prediction)
@@ -694,6 +701,7 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, filename: str = "",
                 for source in config.encoders}
     if speed.channels_last:
         unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
     model = StableDiffusionModel(unet, vae, encoders.get("text_encoder"), checkpoint_info=checkpoint_info,
                                  config=config, alphas_cumprod=alphas, device=device,
                                  text_encoder_2=encoders.get("text_encoder_2"), devices_config=speed)

@@ -16,6 +16,7 @@ PATHS = {
     # name: flags, and whether this CPU's fast bfloat16 is assumed (the automatic path needs it)
     "auto-bf16": ([], True),
     "precision-half": (["--precision", "half"], False),
+    "half-vae-float32": (["--precision", "half", "--no-half-vae"], False),
     "upcast-sampling": (["--precision", "half", "--upcast-sampling"], False),
     "fp32-channelslast": (["--no-half", "--opt-channelslast"], False),
 }
@@ -58,10 +59,11 @@ def choose(*flags: str, cuda: bool = False, fast_bf16: bool = True) -> devices.D
                           fast_cpu_bf16=fast_bf16)
 
 
-def test_a_cpu_with_fast_bfloat16_gets_a_bfloat16_channels_last_unet_and_float32_vae_and_text_encoder():
+def test_a_cpu_with_fast_bfloat16_gets_a_bfloat16_channels_last_unet_and_vae_and_a_float32_text_encoder():
     c = choose()
-    assert (c.device.type, c.dtype, c.dtype_vae, c.text_dtype) == ("cpu", torch.bfloat16, torch.float32, torch.float32)
+    assert (c.device.type, c.dtype, c.dtype_vae, c.text_dtype) == ("cpu", torch.bfloat16, torch.bfloat16, torch.float32)
     assert c.channels_last and not c.autocast and "--no-cpu-bf16" in c.reason
+    assert choose("--no-half-vae").dtype_vae == torch.float32  # A1111's flag keeps the VAE in float32
 
 
 @pytest.mark.parametrize("flags", [["--no-cpu-bf16"], ["--no-half"], ["--precision", "full"]])
@@ -73,7 +75,7 @@ def test_the_automatic_bfloat16_path_is_turned_off_by_flags(flags):
 def test_a_cpu_without_fast_bfloat16_stays_float32_unless_half_is_asked_for():
     assert choose(fast_bf16=False).dtype == torch.float32
     half = choose("--precision", "half", fast_bf16=False)
-    assert (half.dtype, half.dtype_vae, half.channels_last) == (torch.bfloat16, torch.float32, False)
+    assert (half.dtype, half.dtype_vae, half.channels_last) == (torch.bfloat16, torch.bfloat16, False)
 
 
 def test_upcast_sampling_and_channels_last_flags():
@@ -113,11 +115,11 @@ def test_each_fast_path_is_deterministic_and_close_to_float32(load_with, name):
     flags, fast = PATHS[name]
     model = load_with(flags, fast)
     config = model.device_config
-    assert model.dtype == config.dtype and model.dtype_vae == torch.float32
+    assert model.dtype == config.dtype and model.dtype_vae == config.dtype_vae
     assert model.text_encoder.dtype == torch.float32
     if config.channels_last:
-        conv = model.unet.conv_in.weight
-        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        for conv in (model.unet.conv_in.weight, model.vae.decoder.conv_in.weight):
+            assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     first, second = txt2img(), txt2img()
     assert png_bytes(first) == png_bytes(second)  # same request, same flags, same bytes
     difference = np.abs(pixels(first.images[0]) - pixels(reference.images[0]))
@@ -133,3 +135,16 @@ def test_the_sampler_maths_stays_float32_on_a_bfloat16_unet(load_with):
     out = model.apply_model(x, torch.tensor([500.0, 500.0]), cond)
     assert out.dtype == torch.float32 and out.shape == x.shape
     assert out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_vae_file_swapped_in_takes_the_models_dtype_and_format(load_with):
+    from modules import demo_checkpoint
+    model = load_with(*PATHS["auto-bf16"])
+    own = model.vae
+    vae = sd_models.build_vae(demo_checkpoint.build_demo_vae_state_dict(), model, "demo-vae.safetensors")
+    model.swap_vae(vae, "demo-vae.safetensors", own)
+    weight = model.vae.decoder.conv_in.weight
+    assert model.vae is vae and weight.dtype == torch.bfloat16
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    first, second = txt2img(), txt2img()
+    assert png_bytes(first) == png_bytes(second)
