@@ -217,15 +217,14 @@ def diffusers_unet_loop(pipe: Any, model: Any, size: int, steps: int) -> Callabl
     import torch
     device = model.device
     x = torch.randn((2, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(SEED)).to(device, model.dtype)
-    embeds = pipe.encode_prompt(PROMPT, device, 1, True, NEGATIVE_PROMPT) if not model.is_sdxl else None
     kwargs: dict = {}
     if model.is_sdxl:
         pos, neg, pooled, neg_pooled = pipe.encode_prompt(PROMPT, None, device, 1, True, NEGATIVE_PROMPT)
-        hidden = torch.cat([pos, neg])
         time_ids = torch.tensor([[size, size, 0, 0, size, size]] * 2, device=device, dtype=model.dtype)
         kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat([pooled, neg_pooled]), "time_ids": time_ids}
     else:
-        hidden = torch.cat([embeds[0], embeds[1]])
+        pos, neg = pipe.encode_prompt(PROMPT, device, 1, True, NEGATIVE_PROMPT)
+    hidden = torch.cat([pos, neg])
     ts = torch.linspace(999, 0, steps)
 
     def run() -> None:

@@ -140,22 +140,21 @@ def choose(cmd_opts: Any = None, task: str = "sd", cuda_available: bool | None =
         name = accelerator_name(cmd_opts, cuda_available, mps_available)
     dev = torch.device(name)
     channels_last = bool(_flag(cmd_opts, "opt_channelslast", False))
+
+    def float32(reason: str) -> DeviceConfig:
+        return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last, reason=f"float32: {reason}")
+
     precision = _flag(cmd_opts, "precision", "autocast")
     if bool(_flag(cmd_opts, "no_half", False)) or precision == "full":
-        return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
-                            reason="float32: --no-half / --precision full")
+        return float32("--no-half / --precision full")
     upcast = bool(_flag(cmd_opts, "upcast_sampling", False))
     if dev.type == "cpu":
         vae = torch.float32 if _flag(cmd_opts, "no_half_vae", False) else torch.bfloat16
         if precision != "half":
             if _flag(cmd_opts, "no_cpu_bf16", False):
-                return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
-                                    reason="float32: --no-cpu-bf16")
-            if fast_cpu_bf16 is None:
-                fast_cpu_bf16 = cpu_has_fast_bf16()
-            if not fast_cpu_bf16:
-                return DeviceConfig(dev, torch.float32, torch.float32, channels_last=channels_last,
-                                    reason="float32: this CPU has no AVX-512 BF16 / AMX")
+                return float32("--no-cpu-bf16")
+            if not (cpu_has_fast_bf16() if fast_cpu_bf16 is None else fast_cpu_bf16):
+                return float32("this CPU has no AVX-512 BF16 / AMX")
             return DeviceConfig(dev, torch.bfloat16, vae, torch.float32, autocast=upcast, channels_last=True,
                                 reason="bfloat16 UNet and VAE, channels-last (CPU with AVX-512 BF16 / AMX; "
                                        "--no-cpu-bf16 turns it off)")

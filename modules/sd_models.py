@@ -429,14 +429,12 @@ class StableDiffusionModel(torch.nn.Module):
         t = torch.as_tensor(t, device=self.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        extra: dict[str, Any] = {}
-        if isinstance(cond, dict):
-            extra["class_labels"] = cond["vector"]
-            cond = cond["crossattn"]
         config = self.device_config
         compute = torch.float32 if config.autocast else self.dtype
-        if "class_labels" in extra:
-            extra["class_labels"] = extra["class_labels"].to(self.device, compute)
+        extra: dict[str, Any] = {}
+        if isinstance(cond, dict):
+            extra["class_labels"] = cond["vector"].to(self.device, compute)
+            cond = cond["crossattn"]
         x_in = x_in.to(self.device, compute)
         if config.channels_last:
             x_in = x_in.contiguous(memory_format=torch.channels_last)

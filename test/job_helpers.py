@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Iterator
+import time
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -103,3 +104,17 @@ def read_events(response) -> "Iterator[tuple[str, object]]":
             name = line[6:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].lstrip(" "))
+
+
+def wait_status(service: Any, job_id: str, statuses: tuple[str, ...] | None = None, timeout: float = 120.0) -> str:
+    """The status of job `job_id` once it is one of `statuses` (default: finished — done, failed or
+    interrupted); fails the test when it is not within `timeout` seconds."""
+    from modules.runtime.job_store import DONE, FAILED, INTERRUPTED
+    statuses = statuses or (DONE, FAILED, INTERRUPTED)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = service.store.status_of(job_id)
+        if status in statuses:
+            return status
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} still {service.store.status_of(job_id)}")

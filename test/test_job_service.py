@@ -16,19 +16,9 @@ from modules import errors, shared
 from modules.runtime import context, executors
 from modules.runtime.job_service import Conflict, JobService
 from modules.runtime.job_store import DONE, FAILED, INTERRUPTED, PENDING, JobStore
-from job_helpers import golden_bytes, golden_request, prepared, record_runner_calls
+from job_helpers import golden_bytes, golden_request, prepared, record_runner_calls, wait_status
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
-
-
-def wait_status(service: JobService, job_id: str, statuses=(DONE, FAILED, INTERRUPTED), timeout=120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = service.store.status_of(job_id)
-        if status in statuses:
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} still {service.store.status_of(job_id)}")
 
 
 @pytest.fixture()

@@ -23,7 +23,7 @@ from modules.runtime.executor_ray import WORKER_NICENESS_ENV, RayExecutor
 from modules.runtime.executors import checkpoint_key
 from modules.runtime.job_service import JobService
 from modules.runtime.job_store import DONE, FAILED, INTERRUPTED, PENDING, JobStore
-from job_helpers import golden_bytes, golden_request, prepared
+from job_helpers import golden_bytes, golden_request, prepared, wait_status
 
 
 SECOND_CHECKPOINT = "serena-demo-b.safetensors"
@@ -42,16 +42,6 @@ def slow_request(steps: int = 150, seed: int = 7) -> dict:
     """A 192x192 txt2img of `steps` steps: seconds on one thread, long enough to act mid-job."""
     return prepared("txt2img", {"prompt": "a slow cube", "width": 192, "height": 192, "steps": steps, "seed": seed,
                                 "sampler_name": "Euler"})
-
-
-def wait_status(service: JobService, job_id: str, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = service.store.status_of(job_id)
-        if status in (DONE, FAILED, INTERRUPTED):
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} still {service.store.status_of(job_id)}")
 
 
 def when_step(service: JobService, job_id: str, step: int) -> threading.Event:

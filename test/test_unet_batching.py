@@ -12,8 +12,8 @@ import torch
 
 from modules.runtime import executors, unet_batching
 from modules.runtime.job_service import JobService, batch_limit
-from modules.runtime.job_store import DONE, FAILED, INTERRUPTED, JobStore
-from job_helpers import golden_bytes, golden_request, options_set, prepared
+from modules.runtime.job_store import DONE, INTERRUPTED, JobStore
+from job_helpers import golden_bytes, golden_request, options_set, prepared, wait_status
 
 GOLDEN = "txt2img-euler-64"
 
@@ -197,16 +197,6 @@ def service(tmp_path, serena):
     made.store.close()
 
 
-def wait_finished(service: JobService, job_id: str, timeout: float = 120.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = service.store.status_of(job_id)
-        if status in (DONE, FAILED, INTERRUPTED):
-            return status
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} still {service.store.status_of(job_id)}")
-
-
 def watch_together(service: JobService) -> dict[str, set[str]]:
     """For each job: every job that was running while it reported a step."""
     seen: dict[str, set[str]] = {}
@@ -245,7 +235,7 @@ def test_compatible_queued_jobs_share_unet_calls_and_keep_their_lone_bytes(servi
             b = service.submit("txt2img", other).id
             c = service.submit("txt2img", fewer_steps).id
             service.resume()
-            assert [wait_finished(service, job) for job in (a, b, c)] == [DONE, DONE, DONE]
+            assert [wait_status(service, job) for job in (a, b, c)] == [DONE, DONE, DONE]
     finally:
         handle.remove()
     assert together[a] == {a, b} and together[b] == {a, b}, together
@@ -271,8 +261,8 @@ def test_interrupting_one_member_leaves_the_other_byte_identical(service, defaul
         b = service.submit("txt2img", other).id
         service.subscribe(b, lambda e: e.type == "progress" and e.data.get("step") == 2 and service.cancel(b))
         service.resume()
-        assert wait_finished(service, b) == INTERRUPTED
-        assert wait_finished(service, a) == DONE
+        assert wait_status(service, b) == INTERRUPTED
+        assert wait_status(service, a) == DONE
     assert together[a] >= {a, b}
     assert service.get(b).error == "interrupted"
     assert [data for _, data in service.result_files(a)] == golden_bytes(GOLDEN)
@@ -287,7 +277,7 @@ def test_with_the_option_off_queued_jobs_run_one_at_a_time(service, defaults, se
         service.pause()
         ids = [service.submit("txt2img", request).id for _ in range(2)]
         service.resume()
-        assert [wait_finished(service, job) for job in ids] == [DONE, DONE]
+        assert [wait_status(service, job) for job in ids] == [DONE, DONE]
     finally:
         handle.remove()
     assert all(together[job] == {job} for job in ids), together
